@@ -1,0 +1,75 @@
+"""A guard's decision about one message, as one small immutable record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any, Literal
+
+Role = Literal["User", "Agent"]
+
+
+class Outcome(str, Enum):
+    """What a guard concluded. Only SAFE and BYPASS let content through."""
+
+    SAFE = "safe"
+    UNSAFE = "unsafe"
+    UNPARSEABLE = "unparseable"
+    ERROR = "error"
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True)
+class CategoryHit:
+    """A violated category, with the name the policy gives its code."""
+
+    code: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One guard decision; ``blocks`` is the only thing routing needs to know."""
+
+    role: Role
+    outcome: Outcome
+    categories: tuple[CategoryHit, ...] = ()
+    score: float | None = None
+    latency_ms: float = 0.0
+    guard: str = ""
+    raw: str | None = None
+    reason: str | None = None
+    enforced: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def blocks(self) -> bool:
+        """True when the checked content must not reach the user (fail closed)."""
+        return self.enforced and self.outcome not in (Outcome.SAFE, Outcome.BYPASS)
+
+    @property
+    def safe(self) -> bool:
+        return self.outcome is Outcome.SAFE
+
+    @property
+    def codes(self) -> list[str]:
+        return [hit.code for hit in self.categories]
+
+    def with_updates(self, **changes: Any) -> Verdict:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record for graph state, the CLI and the audit log."""
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        data["categories"] = [asdict(hit) for hit in self.categories]
+        if not data["metadata"]:
+            del data["metadata"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        fields = dict(data)
+        fields["outcome"] = Outcome(fields["outcome"])
+        fields["categories"] = tuple(CategoryHit(**hit) for hit in fields.get("categories", ()))
+        return cls(**fields)
