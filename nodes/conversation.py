@@ -73,3 +73,42 @@ def merge_consecutive(turns: Sequence[Turn]) -> tuple[Turn, ...]:
         else:
             merged.append(turn)
     return tuple(merged)
+
+
+def content_text(content: object) -> str:
+    """Plain text of a message's content: a string, or LangChain content blocks of type text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+            else:
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise ConversationError(
+                    f"message content of type {kind!r} is not supported: the guards read text only"
+                )
+        return "\n".join(parts)
+    raise ConversationError(f"message content must be text, got {type(content).__name__}")
+
+
+def turns_from_messages(messages: Sequence[object]) -> tuple[Turn, ...]:
+    """LangChain messages (or role/content dicts) to guard turns; system messages are the app's, not checked."""
+    turns: list[Turn] = []
+    for message in messages:
+        if isinstance(message, dict):
+            role, content = message.get("role"), message.get("content")
+        else:
+            role, content = getattr(message, "type", None), getattr(message, "content", None)
+        if role in ("human", "user"):
+            turns.append(Turn("user", content_text(content)))
+        elif role in ("ai", "assistant"):
+            turns.append(Turn("assistant", content_text(content)))
+        elif role in ("system", "developer"):
+            continue
+        else:
+            raise ConversationError(f"unsupported message role {role!r}: use user or assistant")
+    return merge_consecutive(turns)

@@ -1,0 +1,56 @@
+"""Wire the guarded chat graph: START → input_guard → chat → output_guard → END, unsafe → refuse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from graph.state import GuardedChatState
+from nodes.chat import make_chat_node
+from nodes.guard_node import GuardNodeSettings, make_guard_node
+from nodes.guards.base import Guard
+from nodes.refuse import make_refuse_node
+from policies.model import Policy
+
+
+@dataclass
+class GuardedChatDeps:
+    """Everything the nodes need, injected: the server, the CLI, tests and notebooks build the same graph."""
+
+    chat_model: BaseChatModel
+    input_guard: Guard
+    output_guard: Guard
+    policy: Policy
+    input_settings: GuardNodeSettings = field(default_factory=GuardNodeSettings)
+    output_settings: GuardNodeSettings = field(default_factory=GuardNodeSettings)
+    system_prompt: str | None = None
+
+
+def _route(next_node: str) -> Any:
+    def route(state: GuardedChatState) -> str:
+        return "refuse" if state.get("blocked", True) else next_node
+
+    return route
+
+
+def build_graph(
+    deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None = None
+) -> CompiledStateGraph:
+    """Compile the guarded chat graph; pass a checkpointer to keep conversations by thread id."""
+    builder = StateGraph(GuardedChatState)
+    builder.add_node("input_guard", make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings))
+    builder.add_node("chat", make_chat_node(deps.chat_model, deps.system_prompt))
+    builder.add_node("output_guard", make_guard_node("Agent", deps.output_guard, deps.policy, deps.output_settings))
+    builder.add_node("refuse", make_refuse_node(deps.policy))
+
+    builder.add_edge(START, "input_guard")
+    builder.add_conditional_edges("input_guard", _route("chat"), ["chat", "refuse"])
+    builder.add_edge("chat", "output_guard")
+    builder.add_conditional_edges("output_guard", _route(END), [END, "refuse"])
+    builder.add_edge("refuse", END)
+    return builder.compile(checkpointer=checkpointer, name="guardgraph")

@@ -1,0 +1,98 @@
+"""Build the guard and chat models a config asks for; nothing here is a module-level global."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+from graph.builder import GuardedChatDeps
+from graph.config import GuardGraphConfig
+from nodes.guard_node import GuardNodeSettings
+from nodes.guards.base import Guard
+from nodes.guards.langchain_backend import LangChainBackend
+from nodes.guards.llama_guard import LlamaGuard
+from policies.model import Policy
+
+
+class ModelSetupError(RuntimeError):
+    """A model could not be built from the given options; the message says what to pass instead."""
+
+
+def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
+    """Llama Guard behind an endpoint or transformers, or the offline default guard."""
+    guard_format = config.resolved_guard_format(policy)
+    if config.guard_endpoint:
+        if not config.guard_model:
+            raise ModelSetupError("--guard-endpoint needs --guard-model NAME (the model the server serves)")
+        from langchain_openai import OpenAI
+
+        llm = OpenAI(
+            base_url=config.guard_endpoint,
+            model=config.guard_model,
+            api_key=config.api_key or "EMPTY",  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=20,
+            max_retries=0,
+            timeout=config.guard_timeout_s,
+        )
+        return LlamaGuard(LangChainBackend(llm, config.guard_model), guard_format, config.descriptions)
+    if config.guard_model:
+        from nodes.guards.transformers_backend import TransformersBackend
+
+        backend = TransformersBackend.from_pretrained(config.guard_model)
+        return LlamaGuard(backend, guard_format, config.descriptions)
+    return load_offline_guard()
+
+
+def load_offline_guard() -> Guard:
+    """The small guard shipped with guardgraph (runs on CPU, no network)."""
+    try:
+        from nodes.offline_guard.guard import OfflineGuard
+    except ImportError as error:
+        raise ModelSetupError(
+            "no guard model given and the offline default guard is not available: pass --guard-model "
+            "(a Llama Guard hub id or local path) or --guard-endpoint URL --guard-model NAME"
+        ) from error
+    return OfflineGuard.load_default()
+
+
+def build_chat_model(config: GuardGraphConfig):  # type: ignore[no-untyped-def]
+    from graph.chat_models import load_chat_model
+
+    return load_chat_model(
+        chat_model=config.chat_model,
+        chat_endpoint=config.chat_endpoint,
+        api_key=config.api_key,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+def build_checkpointer(db: Path | None) -> BaseCheckpointSaver:
+    """In memory by default; a SQLite file with ``--db`` so threads survive restarts."""
+    if db is None:
+        return InMemorySaver()
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    saver = SqliteSaver(sqlite3.connect(str(db), check_same_thread=False))
+    saver.setup()
+    return saver
+
+
+def build_deps(config: GuardGraphConfig, guard: Guard | None = None) -> GuardedChatDeps:
+    """Load the policy and models for ``config``; one guard instance serves both roles."""
+    policy = config.load_policy()
+    guard = guard or build_guard(config, policy)
+    settings = GuardNodeSettings(window_turns=config.window_turns, fail_open=config.fail_open, shadow=config.shadow)
+    return GuardedChatDeps(
+        chat_model=build_chat_model(config),
+        input_guard=guard,
+        output_guard=guard,
+        policy=policy,
+        input_settings=settings,
+        output_settings=settings,
+        system_prompt=config.system_prompt,
+    )
