@@ -12,6 +12,7 @@ from langchain_core.messages import HumanMessage
 from rich.console import Console
 
 from graph.builder import build_graph
+from graph.cli_eval import eval_command
 from graph.cli_options import fail, read_conversation, with_config, write_json
 from graph.config import GuardGraphConfig
 from graph.models import build_checkpointer, build_deps, build_guard
@@ -159,6 +160,9 @@ def chat(
                 console.print(f"[dim]  guard {verdict_line(verdict)}[/]", highlight=False)
         style = "yellow" if state.get("refused") else "default"
         console.print(f"[bold]bot>[/] [{style}]{state['messages'][-1].content}[/]", highlight=False)
+
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:
