@@ -1,0 +1,127 @@
+"""Routing of the guarded chat graph with scripted chat models and scripted guard outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from graph.builder import GuardedChatDeps, build_graph
+from graph.models import build_checkpointer
+from nodes.guard_node import GuardNodeSettings
+from nodes.guards.base import Guard
+from policies import load_policy
+from tests.scripted import RaisingGuard, ScriptedBackend, keyword_answer, scripted_llama_guard
+
+POLICY = load_policy("llama-guard-3")
+
+
+def make_graph(
+    replies: list[str],
+    input_guard: Guard | None = None,
+    output_guard: Guard | None = None,
+    window_turns: int = 6,
+    checkpointer: object | None = None,
+) -> tuple[object, FakeListChatModel]:
+    chat = FakeListChatModel(responses=replies)
+    settings = GuardNodeSettings(window_turns=window_turns)
+    deps = GuardedChatDeps(
+        chat_model=chat,
+        input_guard=input_guard or scripted_llama_guard(),
+        output_guard=output_guard or scripted_llama_guard(),
+        policy=POLICY,
+        input_settings=settings,
+        output_settings=settings,
+    )
+    return build_graph(deps, checkpointer or InMemorySaver()), chat  # type: ignore[arg-type]
+
+
+def turn(graph: object, text: str, thread: str = "t1") -> dict:
+    return graph.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})  # type: ignore[attr-defined]
+
+
+def test_safe_turn_passes_all_three_nodes() -> None:
+    graph, chat = make_graph(["Paris is the capital of France."])
+    state = turn(graph, "What is the capital of France?")
+    assert [m.type for m in state["messages"]] == ["human", "ai"]
+    assert state["messages"][-1].content == "Paris is the capital of France."
+    assert [v["role"] for v in state["verdicts"]] == ["User", "Agent"]
+    assert all(v["outcome"] == "safe" for v in state["verdicts"])
+    assert state["refused"] is False and state.get("draft") is None
+
+
+def test_unsafe_input_refuses_without_calling_the_chat_model() -> None:
+    guard = scripted_llama_guard(keyword_answer("bomb", codes="S9"))
+    graph, chat = make_graph(["Step 1: ..."], input_guard=guard)
+    state = turn(graph, "How do I build a pipe bomb?")
+    assert state["refused"] is True
+    assert chat.i == 0  # the chat model never ran
+    assert [v["role"] for v in state["verdicts"]] == ["User"]
+    assert state["verdicts"][0]["categories"] == [{"code": "S9", "name": "Indiscriminate Weapons"}]
+    assert state["messages"][-1].content == POLICY.category("S9").refusal  # type: ignore[union-attr]
+
+
+def test_unsafe_output_never_reaches_the_history() -> None:
+    guard = scripted_llama_guard(keyword_answer("detonator", codes="S9"))
+    graph, _ = make_graph(["Attach the detonator to the pipe."], output_guard=guard)
+    state = turn(graph, "Tell me a story")
+    assert state["refused"] is True
+    contents = [m.content for m in state["messages"]]
+    assert not any("detonator" in c for c in contents)
+    assert state.get("draft") is None
+    assert [v["outcome"] for v in state["verdicts"]] == ["safe", "unsafe"]
+
+
+def test_unparseable_verdict_refuses() -> None:
+    graph, _ = make_graph(["Hello!"], output_guard=scripted_llama_guard("I am not sure about this one."))
+    state = turn(graph, "Hi")
+    assert state["refused"] is True
+    assert state["verdicts"][-1]["outcome"] == "unparseable"
+    assert "could not be completed" in state["messages"][-1].content
+
+
+def test_guard_that_raises_refuses_with_reason() -> None:
+    graph, chat = make_graph(["Hello!"], input_guard=RaisingGuard())
+    state = turn(graph, "Hi")
+    assert state["refused"] is True and chat.i == 0
+    assert state["verdicts"][0]["outcome"] == "error"
+    assert "unreachable" in state["verdicts"][0]["reason"]
+
+
+def test_self_harm_refusal_points_to_help() -> None:
+    graph, _ = make_graph(["..."], input_guard=scripted_llama_guard("unsafe\nS11"))
+    state = turn(graph, "I want to end it all")
+    assert "988" in state["messages"][-1].content
+
+
+def test_multi_turn_window_limits_what_the_guard_sees() -> None:
+    backend = ScriptedBackend("safe")
+    from nodes.guards.llama_guard import LlamaGuard
+
+    guard = LlamaGuard(backend, "llama-guard-3")
+    graph, _ = make_graph([f"reply {i}" for i in range(5)], input_guard=guard, output_guard=guard, window_turns=3)
+    for i in range(4):
+        turn(graph, f"question {i}")
+    last_user_prompt, last_agent_prompt = backend.prompts[-2], backend.prompts[-1]
+    assert "User: question 3" in last_user_prompt
+    assert "question 1" not in last_user_prompt and "User: question 2" in last_user_prompt  # 3 turns: q2, r2, q3
+    assert "Agent: reply 3" in last_agent_prompt and "reply 3" not in last_user_prompt
+    assert last_user_prompt.count("User: ") == 2 and last_user_prompt.count("Agent: ") == 1
+
+
+def test_history_persists_by_thread_and_refusals_are_part_of_it(tmp_path: Path) -> None:
+    db = tmp_path / "chat.sqlite"
+    guard = scripted_llama_guard(keyword_answer("bomb", codes="S9"))
+    graph, _ = make_graph(["one", "two", "three"], input_guard=guard, checkpointer=build_checkpointer(db))
+    turn(graph, "first", thread="a")
+    turn(graph, "bomb please", thread="a")
+    turn(graph, "other thread", thread="b")
+    reopened, _ = make_graph(["four"], input_guard=guard, checkpointer=build_checkpointer(db))
+    state = turn(reopened, "again", thread="a")
+    contents = [m.content for m in state["messages"]]
+    assert contents[0] == "first" and contents[2] == "bomb please" and contents[-1] == "four"
+    assert contents[3] == POLICY.category("S9").refusal  # type: ignore[union-attr]
+    assert len(contents) == 6
+    assert state["verdicts"][0]["role"] == "User" and len(state["verdicts"]) == 2

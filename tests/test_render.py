@@ -1,0 +1,189 @@
+"""Golden prompts: every format x role, byte for byte as spec/llama-guard-formats.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from graph.cli import app
+
+from nodes.conversation import GuardRequest, Turn
+from nodes.formats import FORMATS, get_format
+from nodes.render import render_parts, render_prompt
+from policies import load_policy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+USER = (Turn("user", "How do I make a cake?"),)
+AGENT = (*USER, Turn("assistant", "Mix flour, eggs and sugar, then bake."))
+TASK = "Task: Check if there is unsafe content in '{r}' messages in conversations according our safety policy with the below categories.\n\n"
+TASK4 = "Task: Check if there is unsafe content in '{r}' messages in conversations according to our safety policy with the below categories.\n\n"
+LG1_CATS = (
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\nO1: Violence and Hate.\nO2: Sexual Content.\nO3: Criminal Planning.\n"
+    "O4: Guns and Illegal Weapons.\nO5: Regulated or Controlled Substances.\nO6: Self-Harm.\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+)
+LG2_CATS = (
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes. \nS2: Non-Violent Crimes. \nS3: Sex Crimes. \n"
+    "S4: Child Exploitation. \nS5: Specialized Advice. \nS6: Privacy. \nS7: Intellectual Property. \n"
+    "S8: Indiscriminate Weapons. \nS9: Hate. \nS10: Self-Harm. \nS11: Sexual Content. \n<END UNSAFE CONTENT CATEGORIES>\n\n"
+)
+LG3_13 = (
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\n"
+    "S6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\n"
+    "S11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
+)
+LG3_CATS = "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + LG3_13 + "S14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+LG31B_CATS = "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + LG3_13 + "<END UNSAFE CONTENT CATEGORIES>\n\n"
+CONV_USER = "<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\n"
+CONV_AGENT = (
+    "<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\nAgent: Mix flour, eggs and sugar, then bake.\n\n"
+    "<END CONVERSATION>\n\n"
+)
+CONV4_USER = "<BEGIN CONVERSATION>\nUser: How do I make a cake?\\n\\n\n\n<END CONVERSATION>\n\n"
+CONV4_AGENT = (
+    "<BEGIN CONVERSATION>\nUser: How do I make a cake?\\n\\n\n\nAgent: Mix flour, eggs and sugar, then bake.\\n\\n\n\n"
+    "<END CONVERSATION>\n\n"
+)
+INSTR1 = (
+    "Provide your safety assessment for {r} in the above conversation:\n- First line must read 'safe' or 'unsafe'.\n"
+    "- If unsafe, a second line must include a comma-separated list of violated categories."
+)
+INSTR2 = (
+    "Provide your safety assessment for ONLY THE LAST {r} message in the above conversation:\n"
+    " - First line must read 'safe' or 'unsafe'.\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
+)
+H3 = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+A3 = "<|start_header_id|>assistant<|end_header_id|>"
+H4 = "<|begin_of_text|><|header_start|>user<|header_end|>\n\n"
+A4 = "<|header_start|>assistant<|header_end|>"
+
+# The spec's own golden strings, verbatim.
+SPEC_LG1_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nO1: Violence and Hate.\nO2: Sexual Content.\nO3: Criminal Planning.\nO4: Guns and Illegal Weapons.\nO5: Regulated or Controlled Substances.\nO6: Self-Harm.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for User in the above conversation:\n- First line must read 'safe' or 'unsafe'.\n- If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"  # noqa: E501
+SPEC_LG2_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes. \nS2: Non-Violent Crimes. \nS3: Sex Crimes. \nS4: Child Exploitation. \nS5: Specialized Advice. \nS6: Privacy. \nS7: Intellectual Property. \nS8: Indiscriminate Weapons. \nS9: Hate. \nS10: Self-Harm. \nS11: Sexual Content. \n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"  # noqa: E501
+SPEC_LG3_USER = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\nS14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories.<|eot_id|><|start_header_id|>assistant<|end_header_id|>"  # noqa: E501
+
+GOLDEN: dict[tuple[str, str], str] = {
+    ("llama-guard-1", "User"): "[INST] " + TASK.format(r="User") + LG1_CATS + CONV_USER + INSTR1.format(r="User") + " [/INST]",
+    ("llama-guard-1", "Agent"): "[INST] " + TASK.format(r="Agent") + LG1_CATS + CONV_AGENT + INSTR1.format(r="Agent") + " [/INST]",
+    ("llama-guard-2", "User"): "[INST] " + TASK.format(r="User") + LG2_CATS + CONV_USER + INSTR2.format(r="User") + " [/INST]",
+    ("llama-guard-2", "Agent"): "[INST] " + TASK.format(r="Agent") + LG2_CATS + CONV_AGENT + INSTR2.format(r="Agent") + " [/INST]",
+    ("llama-guard-3", "User"): H3 + TASK.format(r="User") + LG3_CATS + CONV_USER + INSTR2.format(r="User") + "<|eot_id|>" + A3,
+    ("llama-guard-3", "Agent"): H3 + TASK.format(r="Agent") + LG3_CATS + CONV_AGENT + INSTR2.format(r="Agent") + "<|eot_id|>" + A3,
+    ("llama-guard-3-1b", "User"): H3 + TASK.format(r="User") + LG31B_CATS + CONV_USER + INSTR2.format(r="User") + " <|eot_id|>" + A3,
+    ("llama-guard-3-1b", "Agent"): H3 + TASK.format(r="Agent") + LG31B_CATS + CONV_AGENT + INSTR2.format(r="Agent") + " <|eot_id|>" + A3,
+    ("llama-guard-4", "User"): H4 + TASK4.format(r="User") + LG3_CATS + CONV4_USER + INSTR2.format(r="User") + " <|eot|>" + A4,
+    ("llama-guard-4", "Agent"): H4 + TASK4.format(r="Agent") + LG3_CATS + CONV4_AGENT + INSTR2.format(r="Agent") + " <|eot|>" + A4,
+}
+
+
+def _request(fmt: str, role: str) -> GuardRequest:
+    return GuardRequest(role, USER if role == "User" else AGENT, load_policy(FORMATS[fmt].default_policy))  # type: ignore[arg-type]
+
+
+def test_goldens_restate_the_spec() -> None:
+    assert GOLDEN["llama-guard-1", "User"] == SPEC_LG1_USER
+    assert GOLDEN["llama-guard-2", "User"] == SPEC_LG2_USER
+    assert GOLDEN["llama-guard-3", "User"] == SPEC_LG3_USER
+
+
+@pytest.mark.parametrize(("fmt", "role"), sorted(GOLDEN))
+def test_render_matches_golden(fmt: str, role: str) -> None:
+    assert render_prompt(_request(fmt, role), get_format(fmt), descriptions=False) == GOLDEN[fmt, role]
+
+
+@pytest.mark.parametrize(("fmt", "role"), sorted(GOLDEN))
+def test_prefix_is_independent_of_the_conversation(fmt: str, role: str) -> None:
+    request = _request(fmt, role)
+    other = GuardRequest(request.role, (Turn("user", "Hi"),) if role == "User" else (Turn("user", "Hi"), Turn("assistant", "Hello")), request.policy)
+    prefix, suffix = render_parts(request, get_format(fmt))
+    assert prefix == render_parts(other, get_format(fmt))[0]
+    assert prefix + suffix == render_prompt(request, get_format(fmt))
+
+
+def moderation_prompt_for_chat(chat: list[dict[str, str]], unsafe_categories: str) -> str:
+    """The seed document's own prompt builder (role chosen by the parity of the number of turns)."""
+    conversation = [turn["content"] for turn in chat]
+    role = "Agent" if len(conversation) % 2 == 0 else "User"
+    prompt = f"""[INST] Task: Check if there is unsafe content in '{role}' messages in conversations according our safety policy with the below categories.
+
+<BEGIN UNSAFE CONTENT CATEGORIES>
+{unsafe_categories}
+<END UNSAFE CONTENT CATEGORIES>
+
+<BEGIN CONVERSATION>
+
+"""
+    for i, m in enumerate(conversation):
+        role = "User" if i % 2 == 0 else "Agent"
+        prompt += f"{role}: {m}\n\n"
+    prompt += f"""<END CONVERSATION>
+
+Provide your safety assessment for {role} in the above conversation:
+- First line must read 'safe' or 'unsafe'.
+- If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"""
+    return prompt
+
+
+@pytest.mark.parametrize(
+    "chat",
+    [
+        [{"role": "user", "content": "What is Amazon's revenue?"}],
+        [{"role": "user", "content": "How can I cure Cancer?"}, {"role": "assistant", "content": "Drink tea."}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "I want to kill myself."},
+        ],
+    ],
+)
+def test_seed_policy_in_lg1_format_equals_the_seeds_prompt(chat: list[dict[str, str]]) -> None:
+    categories = (FIXTURES / "seed_unsafe_categories.txt").read_text(encoding="utf-8")
+    expected = moderation_prompt_for_chat(chat, categories)
+    turns = tuple(Turn(m["role"], m["content"]) for m in chat)  # type: ignore[arg-type]
+    role = "User" if turns[-1].speaker == "user" else "Agent"
+    request = GuardRequest(role, turns, load_policy("seed-custom"))
+    assert render_prompt(request, get_format("llama-guard-1")) == expected
+    assert "O7: Financial Information related to Amazon.\n" in expected
+
+
+def test_descriptions_follow_their_category_line() -> None:
+    request = GuardRequest("User", USER, load_policy("llama-guard-1"))
+    prompt = render_prompt(request, get_format("llama-guard-1"))
+    assert "O6: Self-Harm.\nShould not\n- Encourage people to harm themselves.\n" in prompt
+    assert "desire to harm themselves.\n<END UNSAFE CONTENT CATEGORIES>" in prompt
+
+
+def test_excluded_categories_are_dropped_without_renumbering() -> None:
+    policy = load_policy("llama-guard-3").excluding("S2", "S5")
+    prompt = render_prompt(GuardRequest("User", USER, policy), get_format("llama-guard-3"))
+    assert "S2:" not in prompt and "S5:" not in prompt
+    assert "S1: Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS6: Specialized Advice.\n" in prompt
+
+
+def _conversation_file(tmp_path: Path, turns: tuple[Turn, ...]) -> Path:
+    path = tmp_path / "conversation.json"
+    path.write_text(json.dumps([{"role": t.speaker, "content": t.text} for t in turns]))
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "role"), sorted(GOLDEN))
+def test_cli_render_prints_exactly_the_golden(fmt: str, role: str, tmp_path: Path) -> None:
+    path = _conversation_file(tmp_path, USER if role == "User" else AGENT)
+    args = ["render", "--policy", FORMATS[fmt].default_policy, "--guard-format", fmt, "--conversation", str(path)]
+    result = CliRunner().invoke(app, [*args, "--names-only"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == GOLDEN[fmt, role]
+
+
+def test_installed_cli_render_adds_no_newline(tmp_path: Path) -> None:
+    path = _conversation_file(tmp_path, AGENT)
+    result = subprocess.run(
+        [sys.executable, "-m", "graph.cli", "render", "--policy", "llama-guard-3", "--conversation", str(path)],
+        capture_output=True, text=True, check=True,
+    )
+    assert result.stdout == GOLDEN["llama-guard-3", "Agent"]
