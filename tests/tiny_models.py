@@ -1,0 +1,137 @@
+"""Tiny random Llama models and a Llama-3-style tokenizer, built locally (no hub download).
+
+``build_tokenizer()`` trains a small byte-level BPE on guard prompts, with the Llama 3 pre-tokenizer
+regex and the Llama 3 / Llama 4 special tokens; ``build_llama()`` makes a random ``LlamaForCausalLM``
+on top of it; ``make_bigram()`` turns a model into a deterministic next-token table (used to force a
+verdict like ``unsafe\\nS1,S10``); ``save_tiny_guard()`` writes both to a folder ``from_pretrained``
+can load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from nodes.conversation import GuardRequest, Turn
+from nodes.formats import FORMATS
+from nodes.render import render_prompt
+from policies.loader import load_policy
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|header_start|>",
+    "<|header_end|>",
+    "<|eot|>",
+    "<|pad|>",
+]
+# The Llama 3 pre-tokenizer split pattern.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _corpus() -> list[str]:
+    texts = [
+        "\n\nsafe",
+        "\n\nunsafe\nS1,S10",
+        "\n\nunsafe\nS2",
+        "How do I make a cake? How to make a bomb? Mix flour, eggs and sugar, then bake.",
+    ]
+    policy = load_policy("llama-guard-3")
+    for fmt in FORMATS.values():
+        for role, turns in (
+            ("User", (Turn("user", "How do I make a cake?"),)),
+            ("Agent", (Turn("user", "How do I make a cake?"), Turn("assistant", "Mix flour, then bake."))),
+        ):
+            texts.append(render_prompt(GuardRequest(role, turns, policy), fmt))  # type: ignore[arg-type]
+    return texts * 3
+
+
+def build_tokenizer(vocab_size: int = 700, extra_texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A Llama-3-style byte-level BPE tokenizer with the Llama 3/4 special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([*_corpus(), *extra_texts], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|begin_of_text|>", "<|eot_id|>")],
+    )
+
+
+def build_llama(
+    tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def single_id(tokenizer: PreTrainedTokenizerFast, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1, f"{text!r} is {len(ids)} tokens in the tiny tokenizer: {ids}"
+    return ids[0]
+
+
+@torch.no_grad()
+def make_bigram(model: LlamaForCausalLM, table: dict[int, int], scale: float = 30.0) -> LlamaForCausalLM:
+    """Make ``model`` predict ``table[last input token]`` (a bigram model), deterministically.
+
+    Zeroing every layer's output projections leaves the residual stream equal to the token embedding,
+    so the logits are ``lm_head(norm(embedding[token]))``; ``lm_head`` rows are then set so that each
+    source token's embedding points at its target.
+    """
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+    emb = model.model.embed_tokens.weight
+    unit = emb / emb.norm(dim=-1, keepdim=True)
+    head = torch.zeros_like(model.lm_head.weight)
+    for source, target in table.items():
+        head[target] += scale * unit[source]
+    model.lm_head.weight.copy_(head)
+    return model
+
+
+def save_tiny_guard(path: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
