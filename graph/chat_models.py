@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from langchain_huggingface import ChatHuggingFace
     from langchain_openai import ChatOpenAI
     from rich.console import Console
+    from rich.progress import Progress
 
 CACHE_ENV = "GUARDGRAPH_CACHE"
 THREADS_ENV = "GUARDGRAPH_TORCH_THREADS"
@@ -152,37 +153,55 @@ def is_prepared(cache_dir: str | os.PathLike[str] | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own progress bars and warnings while rich shows one status line."""
+def _quiet_transformers(progress: Progress | None = None) -> Iterator[None]:
+    """Silence transformers' logging and bars; route its GGUF dequantizing loop to ``progress``."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
+    original = getattr(gguf_utils, "tqdm", None)
+
+    def rich_tqdm(iterable: Any, desc: str = "", **_: Any) -> Any:
+        if progress is None:
+            return iterable
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        return progress.track(iterable, total=total, description="dequantizing GGUF tensors")
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if original is not None:
+        gguf_utils.tqdm = rich_tqdm
     try:
         yield
     finally:
+        if original is not None:
+            gguf_utils.tqdm = original
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
 
 
-def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+def _convert_gguf(gguf: Path, out_dir: Path, progress: Progress | None = None) -> None:
     """Dequantize ``gguf`` with transformers and save a plain Llama checkpoint in ``out_dir``.
 
     A model loaded from GGUF refuses ``save_pretrained``, so its weights are copied into a fresh
     ``LlamaForCausalLM`` built from the same config, which saves normally.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    step = progress.add_task("reading the tokenizer", total=None) if progress else None
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not getattr(tokenizer, "chat_template", None):
         raise RuntimeError(f"{gguf.name} carries no chat template")
+    if progress is not None and step is not None:
+        progress.update(step, description="loading the GGUF model")
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
 
     config = loaded.config
+    if not isinstance(config, LlamaConfig):
+        raise RuntimeError(f"{gguf.name}: expected a Llama architecture, got {type(config).__name__}")
     for attr in ("quantization_config", "gguf_file"):
         if hasattr(config, attr):
             with contextlib.suppress(AttributeError):
@@ -194,8 +213,12 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     fresh.generation_config = loaded.generation_config
     fresh.eval()
 
+    if progress is not None and step is not None:
+        progress.update(step, description="saving safetensors + tokenizer")
     fresh.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    if progress is not None and step is not None:
+        progress.remove_task(step)
 
 
 def prepare_offline_chat_model(
@@ -215,6 +238,14 @@ def prepare_offline_chat_model(
         return target
 
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = console or Console(stderr=True)
     gguf = smollm2_gguf_path()
@@ -222,15 +253,22 @@ def prepare_offline_chat_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
     started = time.perf_counter()
     try:
+        console.print(f"[bold]Preparing the offline chat model[/] (one time, ~30 s) from {gguf}")
         with (
-            console.status(
-                f"[bold]Preparing the offline chat model[/] (one time, ~20 s): dequantizing {gguf.name}",
-                spinner="dots",
-            ),
-            _quiet_transformers(),
+            Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as progress,
+            _quiet_transformers(progress),
         ):
-            _convert_gguf(gguf, tmp)
+            _convert_gguf(gguf, tmp, progress)
             (tmp / MARKER).write_text(json.dumps(_source_fingerprint(gguf), indent=2) + "\n")
+        tmp.chmod(0o755)
         _install(tmp, target, replace=force or target.exists())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -375,7 +413,6 @@ def load_endpoint_chat_model(
         api_key=SecretStr(key),
         temperature=temperature,
         max_completion_tokens=max_tokens,
-        streaming=True,
         **kwargs,
     )
 
