@@ -90,8 +90,14 @@ def category_table(metrics: EvalMetrics) -> Table:
     return table
 
 
+def _out() -> Console:
+    """The stdout console; piped or captured output gets a wide page so the table does not wrap at 80."""
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
 def print_report(results: Sequence[EvalResult], guard_name: str, policy: Policy) -> None:
     metrics = [result.metrics for result in results]
+    console = _out()
     console.print(metrics_table(metrics, title=f"guard {guard_name} · policy {policy.name}"))
     notes = []
     for m in metrics:
@@ -211,7 +217,7 @@ def eval_command(
     except (EvalDataError, *USER_ERRORS) as error:
         fail(str(error).splitlines()[0] if isinstance(error, ValidationError) else str(error))
 
-    for path, result in zip(prediction_paths, results, strict=True):
+    for path, result in zip(prediction_paths, results, strict=False):  # no paths without --out
         write_predictions(result.predictions, path)
     if plot is not None:
         plot_pr_curves(results, plot)
@@ -221,6 +227,6 @@ def eval_command(
         return
     print_report(results, getattr(guard, "name", type(guard).__name__), loaded_policy)
     for path in prediction_paths:
-        console.print(f"[dim]predictions: {path}[/]", highlight=False)
+        console.print(f"[dim]predictions: {path}[/]", highlight=False, soft_wrap=True)
     if plot is not None:
-        console.print(f"[dim]precision-recall curve: {plot}[/]", highlight=False)
+        console.print(f"[dim]precision-recall curve: {plot}[/]", highlight=False, soft_wrap=True)
