@@ -10,8 +10,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from graph.builder import GuardedChatDeps
 from graph.config import GuardGraphConfig
+from nodes.audit import AuditLog
 from nodes.guard_node import GuardNodeSettings
 from nodes.guards.base import Guard
+from nodes.guards.windowed import windowed
 from nodes.guards.langchain_backend import LangChainBackend
 from nodes.guards.llama_guard import LlamaGuard
 from policies.model import Policy
@@ -22,7 +24,22 @@ class ModelSetupError(RuntimeError):
 
 
 def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
-    """Llama Guard behind an endpoint or transformers, or the offline default guard."""
+    """Llama Guard behind an endpoint or transformers, or the offline default guard.
+
+    Every guard comes wrapped in :class:`nodes.guards.windowed.WindowedGuard`, so a message longer
+    than the guard's window is checked in overlapping windows instead of being truncated.
+    """
+    from nodes.guards.windowed import OFFLINE_OVERLAP_CHARS, OFFLINE_WINDOW_CHARS
+
+    if config.guard_endpoint or config.guard_model:
+        return windowed(_build_llama_guard(config, policy))
+    guard = load_offline_guard()
+    if isinstance(getattr(guard, "max_input_chars", None), int):
+        return windowed(guard)
+    return windowed(guard, window_chars=OFFLINE_WINDOW_CHARS, overlap_chars=OFFLINE_OVERLAP_CHARS)
+
+
+def _build_llama_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
     guard_format = config.resolved_guard_format(policy)
     if config.guard_endpoint:
         if not config.guard_model:
@@ -44,7 +61,7 @@ def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
 
         backend = TransformersBackend.from_pretrained(config.guard_model)
         return LlamaGuard(backend, guard_format, config.descriptions)
-    return load_offline_guard()
+    raise ModelSetupError("no guard model given")
 
 
 def load_offline_guard() -> Guard:
@@ -77,16 +94,32 @@ def build_checkpointer(db: Path | None) -> BaseCheckpointSaver:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    saver = SqliteSaver(sqlite3.connect(str(db), check_same_thread=False))
+    # One connection shared by all threads is safe: SqliteSaver serializes every use of it under its own
+    # lock (tests/test_persistence.py runs 16 threads x 20 turns on it). setup() turns on WAL; the
+    # timeout covers another process holding the write lock.
+    saver = SqliteSaver(sqlite3.connect(str(db), check_same_thread=False, timeout=30))
     saver.setup()
     return saver
+
+
+def guard_settings(config: GuardGraphConfig, audit: AuditLog | None = None) -> GuardNodeSettings:
+    """The guard-node settings a config asks for: window, fail-open, shadow, timeout and audit log."""
+    if audit is None and config.audit is not None:
+        audit = AuditLog(config.audit, include_content=config.audit_content)
+    return GuardNodeSettings(
+        window_turns=config.window_turns,
+        fail_open=config.fail_open,
+        shadow=config.shadow,
+        timeout_s=config.guard_timeout_s,
+        audit=audit,
+    )
 
 
 def build_deps(config: GuardGraphConfig, guard: Guard | None = None) -> GuardedChatDeps:
     """Load the policy and models for ``config``; one guard instance serves both roles."""
     policy = config.load_policy()
-    guard = guard or build_guard(config, policy)
-    settings = GuardNodeSettings(window_turns=config.window_turns, fail_open=config.fail_open, shadow=config.shadow)
+    guard = windowed(guard) if guard is not None else build_guard(config, policy)
+    settings = guard_settings(config)
     return GuardedChatDeps(
         chat_model=build_chat_model(config),
         input_guard=guard,

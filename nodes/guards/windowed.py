@@ -1,0 +1,190 @@
+"""Long input: check a message longer than the guard's window in overlapping windows.
+
+Nothing is truncated unchecked. The checked (last) message is cut into windows of at most
+``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall on whitespace where there is
+some nearby, so words stay whole); each window is checked as the last turn, after the earlier turns as
+context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
+inner guard in ONE ``check_batch``. The message's verdict is the worst window's: unsafe if any window is
+unsafe (categories merged, max score), else error/unparseable if any window is, else safe.
+
+Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
+``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
+:data:`CHARS_PER_TOKEN`); otherwise the defaults for Llama Guard (about 6000 tokens) apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nodes.conversation import GuardRequest, Turn
+from nodes.guards.base import Guard
+from nodes.verdict import Outcome, Verdict
+
+CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
+LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions
+DEFAULT_WINDOW_CHARS = LLAMA_GUARD_TOKENS * CHARS_PER_TOKEN // 2  # half for the message, half for context
+OFFLINE_WINDOW_CHARS = 1500
+OFFLINE_OVERLAP_CHARS = 300
+
+# Worst first: the order in which window outcomes decide the message's outcome.
+_SEVERITY = {Outcome.UNSAFE: 4, Outcome.ERROR: 3, Outcome.UNPARSEABLE: 2, Outcome.BYPASS: 1, Outcome.SAFE: 0}
+
+
+def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]:
+    """Overlapping windows covering every character of ``text``; one window when it fits.
+
+    Each window ends on whitespace when there is some in its last quarter, and the next window starts
+    ``overlap_chars`` before that end (moved forward to a word start), so a sentence cut at one edge is
+    whole in the other window when it is shorter than the overlap.
+    """
+    if window_chars <= 0:
+        raise ValueError("window_chars must be positive")
+    overlap_chars = max(0, min(overlap_chars, window_chars // 2))
+    if len(text) <= window_chars:
+        return [text]
+    windows: list[str] = []
+    start = 0
+    while True:
+        end = min(start + window_chars, len(text))
+        if end < len(text):
+            cut = _last_space(text, start + window_chars * 3 // 4, end)
+            end = cut if cut is not None else end
+        windows.append(text[start:end])
+        if end >= len(text):
+            return windows
+        next_start = max(end - overlap_chars, start + 1)
+        space = _first_space(text, next_start, min(end, next_start + overlap_chars // 4 + 1))
+        start = space + 1 if space is not None and space + 1 < end else next_start
+
+
+def _last_space(text: str, low: int, high: int) -> int | None:
+    for position in range(high, low, -1):
+        if text[position - 1].isspace():
+            return position
+    return None
+
+
+def _first_space(text: str, low: int, high: int) -> int | None:
+    for position in range(low, high):
+        if text[position].isspace():
+            return position
+    return None
+
+
+def truncate_context(turns: Sequence[Turn], budget_chars: int) -> tuple[Turn, ...]:
+    """The latest turns that fit ``budget_chars``, the oldest kept one cut from its start.
+
+    A leading Agent turn is dropped so the conversation still starts with the user, as the format wants.
+    """
+    kept: list[Turn] = []
+    left = budget_chars
+    for turn in reversed(turns):
+        if left <= 0:
+            break
+        if len(turn.text) <= left:
+            kept.append(turn)
+            left -= len(turn.text)
+        else:
+            kept.append(Turn(turn.speaker, "..." + turn.text[len(turn.text) - left :].lstrip()))
+            left = 0
+    kept.reverse()
+    while kept and kept[0].speaker != "user":
+        kept.pop(0)
+    return tuple(kept)
+
+
+class WindowedGuard:
+    """Wraps any guard so that no part of a long message goes unchecked (see the module doc)."""
+
+    def __init__(
+        self,
+        inner: Guard,
+        window_chars: int | None = None,
+        overlap_chars: int | None = None,
+        context_chars: int | None = None,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        declared = getattr(inner, "max_input_chars", None)
+        tokens = getattr(inner, "context_tokens", None)
+        if window_chars is None:
+            if isinstance(declared, int) and declared > 0:
+                window_chars = declared
+            elif isinstance(tokens, int) and tokens > 0:
+                window_chars = tokens * CHARS_PER_TOKEN // 2
+            else:
+                window_chars = DEFAULT_WINDOW_CHARS
+        if overlap_chars is None:
+            declared_overlap = getattr(inner, "window_overlap_chars", None)
+            overlap_chars = declared_overlap if isinstance(declared_overlap, int) else window_chars // 5
+        self.window_chars = window_chars
+        self.overlap_chars = overlap_chars
+        self.context_chars = window_chars if context_chars is None else context_chars
+
+    def __getattr__(self, name: str) -> Any:  # anything else (format, backend...) is the inner guard's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def windows_of(self, request: GuardRequest) -> list[GuardRequest]:
+        """The requests the inner guard sees for ``request`` (just ``request`` when it fits)."""
+        context = request.turns[:-1]
+        last = request.turns[-1]
+        context_size = sum(len(turn.text) for turn in context)
+        if len(last.text) <= self.window_chars and context_size <= self.context_chars:
+            return [request]
+        context = truncate_context(context, self.context_chars)
+        pieces = split_windows(last.text, self.window_chars, self.overlap_chars)
+        return [GuardRequest(request.role, (*context, Turn(last.speaker, piece)), request.policy) for piece in pieces]
+
+    def check(self, request: GuardRequest) -> Verdict:
+        return self.check_batch([request])[0]
+
+    def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        plans = [self.windows_of(request) for request in requests]
+        flat = [window for plan in plans for window in plan]
+        verdicts = self.inner.check_batch(flat) if flat else []
+        if len(verdicts) != len(flat):
+            raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
+        results: list[Verdict] = []
+        position = 0
+        for plan in plans:
+            part = verdicts[position : position + len(plan)]
+            position += len(plan)
+            results.append(part[0] if len(part) == 1 else combine(part))
+        return results
+
+    async def acheck(self, request: GuardRequest) -> Verdict:
+        import asyncio
+
+        return await asyncio.to_thread(self.check, request)
+
+
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """The worst of several window verdicts; categories merged in order, max score, latency summed."""
+    worst_index = max(range(len(verdicts)), key=lambda i: _SEVERITY.get(verdicts[i].outcome, 3))
+    worst = verdicts[worst_index]
+    categories = []
+    seen: set[str] = set()
+    for verdict in verdicts:
+        if verdict.outcome is worst.outcome:
+            for hit in verdict.categories:
+                if hit.code not in seen:
+                    seen.add(hit.code)
+                    categories.append(hit)
+    scores = [v.score for v in verdicts if v.score is not None]
+    flagged = [i for i, v in enumerate(verdicts) if v.outcome is worst.outcome]
+    return worst.with_updates(
+        categories=tuple(categories),
+        score=max(scores) if scores else None,
+        latency_ms=sum(v.latency_ms for v in verdicts),
+        metadata={**worst.metadata, "windows": len(verdicts), "flagged_windows": flagged},
+    )
+
+
+def windowed(guard: Guard, **sizes: int | None) -> Guard:
+    """``guard`` wrapped in a :class:`WindowedGuard` (once: wrapping twice is a no-op)."""
+    if isinstance(guard, WindowedGuard):
+        return guard
+    return WindowedGuard(guard, **sizes)  # type: ignore[return-value]
