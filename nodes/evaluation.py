@@ -448,11 +448,17 @@ class EvalResult:
     loaded: LoadedRows
 
     def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(recall, precision) points of this file's precision-recall curve, starting at recall 0."""
+        """(recall, precision) points of this file's PR curve, from recall 0 up to the first full recall.
+
+        Point ``n``'s precision holds over recall (R_{n-1}, R_n]: draw it with ``step(where="pre")``.
+        """
         labels = [int(p.label == "unsafe") for p in self.predictions]
         precision, recall, _ = precision_recall_curve(labels, [p.ranking_score for p in self.predictions])
-        first = precision[0] if precision.size else 1.0
-        return np.r_[0.0, recall], np.r_[first, precision]
+        if not precision.size:
+            return np.zeros(1), np.ones(1)
+        stop = int(np.argmax(recall >= recall[-1])) + 1  # later thresholds add false positives only
+        precision, recall = precision[:stop], recall[:stop]
+        return np.r_[0.0, recall], np.r_[precision[0], precision]
 
 
 def dataset_name(path: str | Path) -> str:
@@ -520,8 +526,13 @@ def plot_pr_curves(results: Sequence[EvalResult], path: str | Path, title: str |
                 continue  # no positives: no curve
             recall, precision = result.pr_curve()
             ap = f"{metrics.auprc:.3f}" if metrics.auprc is not None else "n/a"
-            note = "" if metrics.auprc_scores == "model" else ", from 0/1 predictions"
-            axes.step(recall, precision, where="post", label=f"{metrics.dataset} (AP {ap}{note})")
+            note = {
+                "model": "",
+                "mixed": ", some scores from 0/1 predictions",
+                "predicted": ", from 0/1 predictions",
+            }
+            label = f"{metrics.dataset} (AP {ap}{note[metrics.auprc_scores]})"
+            axes.step(recall, precision, where="pre", label=label)
             if metrics.recall is not None and metrics.precision is not None:
                 axes.plot([metrics.recall], [metrics.precision], "o", color=axes.lines[-1].get_color())
         axes.set_xlabel("recall (unsafe)")

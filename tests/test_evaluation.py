@@ -285,6 +285,10 @@ def test_predictions_file_has_exact_keys(result, tmp_path):
 
 
 def test_plot_file_is_written(result, tmp_path):
+    recall, precision = result.pr_curve()
+    assert recall[0] == 0.0 and recall[-1] == 1.0
+    # the drawn steps (precision[n] over recall (R_{n-1}, R_n]) enclose exactly the AUPRC
+    assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(1153 / 1260)
     path = plot_pr_curves([result], tmp_path / "plots" / "pr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
