@@ -13,12 +13,12 @@ from rich.console import Console
 
 from graph.builder import build_graph
 from graph.cli_eval import eval_command
-from graph.cli_options import fail, read_conversation, with_config, write_json
+from graph.cli_options import TurnError, fail, read_conversation, with_config, write_json
 from graph.config import GuardGraphConfig
-from graph.models import build_checkpointer, build_deps, build_guard
+from graph.models import build_checkpointer, build_deps, build_guard, guard_settings
 from nodes.conversation import ConversationError, GuardRequest, Turn, role_of_last, window
 from nodes.formats import get_format
-from nodes.guard_node import GuardNodeSettings, run_guard
+from nodes.guard_node import run_guard
 from nodes.render import render_prompt
 from nodes.verdict import Verdict
 
@@ -84,7 +84,7 @@ def check(
     policy = config.load_policy()
     guard = build_guard(config, policy)
     request = GuardRequest(role_of_last(turns), window(turns, config.window_turns), policy)
-    verdict = run_guard(guard, request, GuardNodeSettings(fail_open=config.fail_open, shadow=config.shadow))
+    verdict = run_guard(guard, request, guard_settings(config))
     if json_output:
         write_json(check_json(verdict))
         return
@@ -106,7 +106,10 @@ def check_json(verdict: Verdict) -> dict[str, Any]:
 def _run_turn(graph: Any, text: str, thread: str) -> dict[str, Any]:
     if not text.strip():
         raise ConversationError("the message is empty")
-    return graph.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
+    state = graph.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
+    if state.get("error"):  # the chat model failed: the turn ended without a reply, the history is intact
+        raise TurnError(state["error"])
+    return state
 
 
 @app.command()
@@ -152,8 +155,8 @@ def chat(
             continue
         try:
             state = _run_turn(graph, text, thread)
-        except ConversationError as error:
-            console.print(f"[red]error:[/] {error}")
+        except (ConversationError, TurnError) as error:
+            console.print(f"[red]error:[/] {error}", highlight=False)
             continue
         if verbose:
             for verdict in state.get("verdicts", []):
