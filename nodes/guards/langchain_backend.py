@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel, BaseLanguageModel
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel, BaseLLM
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from nodes.formats import GuardFormat
 from nodes.guards.llama_guard import Completion, GuardPrompt
+from nodes.guards.openai_backend import p_unsafe_from_logprobs
 
 
 def _text_of(output: Any) -> str:
@@ -21,11 +22,27 @@ def _text_of(output: Any) -> str:
     return str(output)
 
 
+def _chat_logprobs(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """A chat reply's ``logprobs`` (``{"content": [...]}``) in the completions ``logprobs`` shape."""
+    content = (metadata.get("logprobs") or {}).get("content") if isinstance(metadata, dict) else None
+    if not content:
+        return None
+    return {
+        "tokens": [item.get("token") for item in content],
+        "token_logprobs": [item.get("logprob") for item in content],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in item.get("top_logprobs") or []} for item in content
+        ],
+    }
+
+
 class LangChainBackend:
     """Sends the rendered prompt as-is to a completion LLM, or as one user message to a chat model.
 
     A completion endpoint (``/v1/completions``) sees the exact prompt bytes, which is what custom
-    policies need; a chat endpoint re-wraps the text in the server's own template.
+    policies need; a chat endpoint re-wraps the text in the server's own template. When the model
+    returns logprobs (``langchain_openai.OpenAI(logprobs=20)``, ``ChatOpenAI(logprobs=True,
+    top_logprobs=20)``), P(unsafe) is read at the verdict position (see ``nodes.guards.openai_backend``).
     """
 
     def __init__(self, model: BaseLanguageModel, name: str | None = None) -> None:
@@ -33,10 +50,22 @@ class LangChainBackend:
         self.name = name or type(model).__name__
 
     def complete(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat) -> list[Completion]:
-        inputs: list[Any]
         if isinstance(self.model, BaseChatModel):
-            inputs = [[HumanMessage(prompt.text)] for prompt in prompts]
-        else:
-            inputs = [prompt.text for prompt in prompts]
-        outputs = self.model.batch(inputs, return_exceptions=False)
+            outputs = self.model.batch(
+                [[HumanMessage(prompt.text)] for prompt in prompts], return_exceptions=False
+            )
+            return [
+                Completion(_text_of(output), p_unsafe_from_logprobs(_chat_logprobs(output.response_metadata)))
+                for output in outputs
+            ]
+        if isinstance(self.model, BaseLLM):
+            result = self.model.generate([prompt.text for prompt in prompts])
+            completions = []
+            for generations in result.generations:
+                info = generations[0].generation_info or {}
+                completions.append(
+                    Completion(generations[0].text, p_unsafe_from_logprobs(info.get("logprobs")))
+                )
+            return completions
+        outputs = self.model.batch([prompt.text for prompt in prompts], return_exceptions=False)
         return [Completion(_text_of(output)) for output in outputs]
