@@ -1,4 +1,8 @@
-"""Wire the guarded chat graph: START → input_guard → chat → output_guard → END, unsafe → refuse."""
+"""Wire the guarded chat graph: START → input_guard → chat → output_guard → END, unsafe → refuse.
+
+The input guard starts the chat model speculatively (cancelled if it blocks); the chat node releases
+tokens only as the output guard passes them; the output guard node makes the final decision.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.state import GuardedChatState
-from nodes.chat import make_chat_node
+from nodes.chat import ChatNodeDeps, make_chat_node
+from nodes.generation import SpeculationRegistry
 from nodes.guard_node import GuardNodeSettings, make_guard_node
 from nodes.guards.base import Guard
+from nodes.guards.memo import RecentVerdicts
 from nodes.refuse import make_refuse_node
+from nodes.speculation import speculative
+from nodes.streaming import Chunking
 from policies.model import Policy
 
 
@@ -29,6 +37,8 @@ class GuardedChatDeps:
     input_settings: GuardNodeSettings = field(default_factory=GuardNodeSettings)
     output_settings: GuardNodeSettings = field(default_factory=GuardNodeSettings)
     system_prompt: str | None = None
+    speculate: bool = True
+    chunking: Chunking = field(default_factory=Chunking)
 
 
 def _route(next_node: str) -> Any:
@@ -38,19 +48,30 @@ def _route(next_node: str) -> Any:
     return route
 
 
-def build_graph(
-    deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None = None
-) -> CompiledStateGraph:
+def _after_chat(state: GuardedChatState) -> str:
+    return END if state.get("error") else "output_guard"
+
+
+def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
     """Compile the guarded chat graph; pass a checkpointer to keep conversations by thread id."""
+    registry = SpeculationRegistry()
+    output_guard = RecentVerdicts(deps.output_guard)
+    input_guard: Any = make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings)
+    if deps.speculate:
+        input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry)
+    chat = make_chat_node(
+        ChatNodeDeps(deps.chat_model, output_guard, deps.policy, deps.output_settings, deps.system_prompt, registry, deps.chunking)
+    )
+
     builder = StateGraph(GuardedChatState)
-    builder.add_node("input_guard", make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings))
-    builder.add_node("chat", make_chat_node(deps.chat_model, deps.system_prompt))
-    builder.add_node("output_guard", make_guard_node("Agent", deps.output_guard, deps.policy, deps.output_settings))
+    builder.add_node("input_guard", input_guard)
+    builder.add_node("chat", chat)
+    builder.add_node("output_guard", make_guard_node("Agent", output_guard, deps.policy, deps.output_settings))
     builder.add_node("refuse", make_refuse_node(deps.policy))
 
     builder.add_edge(START, "input_guard")
     builder.add_conditional_edges("input_guard", _route("chat"), ["chat", "refuse"])
-    builder.add_edge("chat", "output_guard")
+    builder.add_conditional_edges("chat", _after_chat, ["output_guard", END])
     builder.add_conditional_edges("output_guard", _route(END), [END, "refuse"])
     builder.add_edge("refuse", END)
     return builder.compile(checkpointer=checkpointer, name="guardgraph")

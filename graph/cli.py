@@ -123,6 +123,8 @@ def ask(
     """One guarded turn: prints the reply, or the refusal."""
     graph = build_graph(build_deps(config), build_checkpointer(config.db))
     state = _run_turn(graph, text, thread)
+    if state.get("error"):
+        fail(state["error"], code=1)
     reply = str(state["messages"][-1].content)
     if json_output:
         write_json({"reply": reply, "refused": bool(state.get("refused")), "verdicts": state.get("verdicts", [])})

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from nodes.conversation import GuardRequest
 from nodes.formats import GuardFormat
-from nodes.guards.base import BaseGuard
+from nodes.guards.base import BaseGuard, Guard
 from nodes.guards.llama_guard import Completion, GuardPrompt, LlamaGuard
 from nodes.verdict import Verdict
 
@@ -46,3 +52,52 @@ class RaisingGuard(BaseGuard):
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         raise ConnectionError("guard server unreachable")
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Streams the next scripted reply piece by piece, logging what happened; ``fail`` raises instead."""
+
+    replies: list[list[str]]
+    delay_s: float = 0.0
+    fail: bool = False
+    log: list[tuple[str, float, str]] = []  # (event, time, detail)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _next_reply(self) -> list[str]:
+        if self.fail:
+            raise RuntimeError("model server crashed")
+        return self.replies.pop(0)
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self._next_reply())))])
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Iterator[ChatGenerationChunk]:
+        self.log.append(("start", time.perf_counter(), ""))
+        pieces = self._next_reply()
+        try:
+            for piece in pieces:
+                time.sleep(self.delay_s)
+                self.log.append(("piece", time.perf_counter(), piece))
+                yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+        finally:
+            self.log.append(("stop", time.perf_counter(), ""))
+
+
+class SlowGuard(BaseGuard):
+    """Wraps a guard and sleeps before each check (to show work overlapping it)."""
+
+    def __init__(self, guard: Guard, delay_s: float, log: list[tuple[str, float, str]] | None = None) -> None:
+        self.guard, self.delay_s, self.log = guard, delay_s, log if log is not None else []
+        self.name = guard.name
+
+    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        self.log.append(("guard-start", time.perf_counter(), requests[0].checked_text))
+        time.sleep(self.delay_s)
+        verdicts = self.guard.check_batch(requests)
+        self.log.append(("guard-end", time.perf_counter(), verdicts[0].outcome.value))
+        return verdicts

@@ -104,7 +104,8 @@ def test_multi_turn_window_limits_what_the_guard_sees() -> None:
     graph, _ = make_graph([f"reply {i}" for i in range(5)], input_guard=guard, output_guard=guard, window_turns=3)
     for i in range(4):
         turn(graph, f"question {i}")
-    last_user_prompt, last_agent_prompt = backend.prompts[-2], backend.prompts[-1]
+    last_user_prompt = [p for p in backend.prompts if "'User' messages" in p][-1]
+    last_agent_prompt = [p for p in backend.prompts if "'Agent' messages" in p][-1]
     assert "User: question 3" in last_user_prompt
     assert "question 1" not in last_user_prompt and "User: question 2" in last_user_prompt  # 3 turns: q2, r2, q3
     assert "Agent: reply 3" in last_agent_prompt and "reply 3" not in last_user_prompt

@@ -1,0 +1,140 @@
+"""Hold-back streaming and speculative generation: no token the guard has not passed reaches the user."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from graph.builder import GuardedChatDeps, build_graph
+from nodes.guards.base import Guard
+from nodes.streaming import Chunking, release_guarded
+from nodes.verdict import Outcome, Verdict
+from policies import load_policy
+from tests.scripted import ScriptedChatModel, SlowGuard, keyword_answer, scripted_llama_guard
+
+POLICY = load_policy("llama-guard-3")
+UNSAFE_MID_REPLY = ["Sure. ", "Here is ", "a story. ", "First ", "you ", "wire ", "the ", "detonator ", "to ", "the ", "pipe."]
+
+
+def stream_turn(graph: Any, text: str, thread: str = "t") -> tuple[list[str], dict]:
+    released: list[str] = []
+    final: dict = {}
+    config = {"configurable": {"thread_id": thread}}
+    for mode, event in graph.stream({"messages": [HumanMessage(text)]}, config, stream_mode=["custom", "values"]):
+        if mode == "custom" and event.get("guardgraph") == "token":
+            released.append(event["text"])
+        elif mode == "values":
+            final = event
+    return released, final
+
+
+def make(model: ScriptedChatModel, input_guard: Guard | None = None, output_guard: Guard | None = None, **kw: Any) -> Any:
+    deps = GuardedChatDeps(
+        chat_model=model,
+        input_guard=input_guard or scripted_llama_guard(),
+        output_guard=output_guard or scripted_llama_guard(),
+        policy=POLICY,
+        **kw,
+    )
+    return build_graph(deps, InMemorySaver())
+
+
+def test_reply_turning_unsafe_mid_stream_is_cut_before_the_unsafe_chunk() -> None:
+    model = ScriptedChatModel(replies=[UNSAFE_MID_REPLY])
+    log = model.log
+    output_guard = SlowGuard(scripted_llama_guard(keyword_answer("detonator", codes="S9")), 0.0, log)
+    released, final = stream_turn(make(model, output_guard=output_guard), "Tell me a story")
+    shown = "".join(released)
+    assert shown and "detonator" not in shown and "pipe" not in shown
+    assert "Sure." in shown
+    assert final["refused"] is True
+    assert final["messages"][-1].content == POLICY.category("S9").refusal  # type: ignore[union-attr]
+    assert not any("detonator" in str(m.content) for m in final["messages"])
+    # every released chunk was covered by a passing check of the reply up to it, before it was released
+    checked_ok = [detail for event, _, detail in log if event == "guard-start"]
+    so_far = ""
+    for chunk in released:
+        so_far += chunk
+        assert any(text.startswith(so_far) or text == so_far for text in checked_ok)
+
+
+def test_release_guarded_emits_only_after_each_check() -> None:
+    events: list[tuple[str, str]] = []
+
+    def check(reply: str) -> Verdict:
+        events.append(("check", reply))
+        outcome = Outcome.UNSAFE if "bad" in reply else Outcome.SAFE
+        return Verdict(role="Agent", outcome=outcome)
+
+    result = release_guarded(
+        ["a ", "b ", "c. ", "d ", "e. ", "bad ", "f."], check, lambda t: events.append(("emit", t)), Chunking(2, 2, 8)
+    )
+    assert result.blocked and result.released == "a b c. d e. " and "bad" in result.draft
+    emitted = ""
+    for index, (kind, text) in enumerate(events):
+        if kind == "emit":
+            emitted += text
+            assert events[index - 1] == ("check", emitted)  # the check right before covered all emitted text
+    assert "bad" not in emitted
+
+
+def test_safe_stream_releases_everything_and_output_guard_reuses_the_last_check() -> None:
+    guard = scripted_llama_guard()
+    model = ScriptedChatModel(replies=[["Paris ", "is ", "the ", "capital. ", "It ", "is ", "lovely."]])
+    released, final = stream_turn(make(model, output_guard=guard), "Capital of France?")
+    assert "".join(released) == "Paris is the capital. It is lovely."
+    assert final["messages"][-1].content == "Paris is the capital. It is lovely."
+    agent_prompts = [p for p in guard.backend.prompts if "'Agent' messages" in p]  # type: ignore[attr-defined]
+    full_checks = [p for p in agent_prompts if "Agent: Paris is the capital. It is lovely." in p]
+    assert len(full_checks) == 1  # the output guard node did not check the complete reply a second time
+
+
+def test_generation_starts_while_the_input_guard_runs() -> None:
+    model = ScriptedChatModel(replies=[["Hello ", "there."]])
+    log = model.log
+    input_guard = SlowGuard(scripted_llama_guard(), 0.3, log)
+    released, final = stream_turn(make(model, input_guard=input_guard), "Hi")
+    start = next(t for e, t, _ in log if e == "start")
+    guard_end = next(t for e, t, _ in log if e == "guard-end")
+    assert start < guard_end  # speculative generation overlapped the input check
+    assert "".join(released) == "Hello there."
+
+
+def test_unsafe_input_cancels_the_speculative_draft_unseen() -> None:
+    model = ScriptedChatModel(replies=[[f"word{i} " for i in range(200)]], delay_s=0.01)
+    log = model.log
+    input_guard = SlowGuard(scripted_llama_guard("unsafe\nS9"), 0.1, log)
+    released, final = stream_turn(make(model, input_guard=input_guard), "pipe bomb howto")
+    time.sleep(0.1)
+    assert released == []
+    assert final["refused"] is True and final.get("draft") is None
+    assert [m.type for m in final["messages"]] == ["human", "ai"]
+    assert "word" not in final["messages"][-1].content
+    assert any(e == "stop" for e, _, _ in log)  # the generation was stopped...
+    assert sum(e == "piece" for e, _, _ in log) < 200  # ...long before it finished
+
+
+def test_chat_model_error_ends_the_turn_and_keeps_the_conversation() -> None:
+    model = ScriptedChatModel(replies=[["Fine."], ["Back again."]], fail=True)
+    graph = make(model)
+    _, final = stream_turn(graph, "Hello")
+    assert "model server crashed" in final["error"]
+    assert [m.type for m in final["messages"]] == ["human"]
+    model.fail = False
+    _, final = stream_turn(graph, "Hello again")
+    assert [m.content for m in final["messages"]][-1] == "Fine."
+    assert final.get("error") is None
+
+
+def test_invoke_without_streaming_checks_once() -> None:
+    guard = scripted_llama_guard()
+    model = ScriptedChatModel(replies=[["One. ", "Two. ", "Three. ", "Four."]])
+    graph = make(model, output_guard=guard)
+    state = graph.invoke(
+        {"messages": [HumanMessage("count")]}, {"configurable": {"thread_id": "x", "stream_tokens": False}}
+    )
+    assert state["messages"][-1].content == "One. Two. Three. Four."
+    assert sum("'Agent' messages" in p for p in guard.backend.prompts) == 1  # type: ignore[attr-defined]
