@@ -253,7 +253,9 @@ def prepare_offline_chat_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
     started = time.perf_counter()
     try:
-        console.print(f"[bold]Preparing the offline chat model[/] (one time, ~30 s) from {gguf}")
+        console.print(
+            f"[bold]Preparing the offline chat model[/] (one time, ~30 s) from {gguf}", soft_wrap=True
+        )
         with (
             Progress(
                 SpinnerColumn(),
@@ -269,11 +271,14 @@ def prepare_offline_chat_model(
             _convert_gguf(gguf, tmp, progress)
             (tmp / MARKER).write_text(json.dumps(_source_fingerprint(gguf), indent=2) + "\n")
         tmp.chmod(0o755)
-        _install(tmp, target, replace=force or target.exists())
+        # Another process may have finished the same conversion meanwhile: keep its copy.
+        if force or not is_prepared(cache_dir):
+            _install(tmp, target, replace=target.exists())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     console.print(
-        f"[green]✓[/] offline chat model cached in {target} ({time.perf_counter() - started:.1f} s)"
+        f"[green]✓[/] offline chat model cached in {target} ({time.perf_counter() - started:.1f} s)",
+        soft_wrap=True,
     )
     return target
 

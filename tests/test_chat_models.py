@@ -1,0 +1,155 @@
+"""Chat models: the offline SmolLM2 (real model, cached), the HF pipeline wrapper, the chooser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+
+from graph import chat_models as cm
+
+# ----------------------------------------------------------------------------- fast: no model
+
+
+def test_gguf_found_in_installed_package() -> None:
+    path = cm.smollm2_gguf_path()
+    assert path.name == cm.SMOLLM2_GGUF
+    assert path.stat().st_size > 50_000_000
+
+
+def test_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(cm.CACHE_ENV, str(tmp_path))
+    assert cm.offline_model_dir() == tmp_path / cm.SMOLLM2_DIRNAME
+    assert cm.offline_model_dir(tmp_path / "x") == tmp_path / "x" / cm.SMOLLM2_DIRNAME
+
+
+def _fake_convert(calls: list[Path]):
+    def convert(gguf: Path, out_dir: Path, progress: object = None) -> None:
+        calls.append(out_dir)
+        (out_dir / "model.safetensors").write_text("weights")
+
+    return convert
+
+
+def test_prepare_is_atomic_and_converts_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(cm, "_convert_gguf", _fake_convert(calls))
+
+    target = cm.prepare_offline_chat_model(tmp_path)
+    assert target == tmp_path / cm.SMOLLM2_DIRNAME
+    assert (target / "model.safetensors").read_text() == "weights"
+    assert cm.is_prepared(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [cm.SMOLLM2_DIRNAME]  # no temp dir left behind
+
+    assert cm.prepare_offline_chat_model(tmp_path) == target
+    assert len(calls) == 1, "a complete cache must not be converted again"
+
+    cm.prepare_offline_chat_model(tmp_path, force=True)
+    assert len(calls) == 2
+
+
+def test_stale_cache_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(cm, "_convert_gguf", _fake_convert(calls))
+    target = cm.prepare_offline_chat_model(tmp_path)
+    marker = target / cm.MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "format": -1}))
+    assert not cm.is_prepared(tmp_path)
+    cm.prepare_offline_chat_model(tmp_path)
+    assert len(calls) == 2 and cm.is_prepared(tmp_path)
+
+
+def test_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def boom(gguf: Path, out_dir: Path, progress: object = None) -> None:
+        (out_dir / "partial").write_text("half")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(cm, "_convert_gguf", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cm.prepare_offline_chat_model(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_endpoint_is_chosen_when_a_url_is_given() -> None:
+    from langchain_openai import ChatOpenAI
+
+    url = "http://127.0.0.1:8000/v1"
+    chat = cm.load_chat_model(chat_model="meta-llama/Llama-3.1-8B-Instruct", chat_endpoint=url)
+    assert isinstance(chat, ChatOpenAI)
+    assert chat.openai_api_base == url
+    assert chat.model_name == "meta-llama/Llama-3.1-8B-Instruct"
+
+    named = cm.load_endpoint_chat_model(url, "llama3", api_key="sk-local")
+    assert named.model_name == "llama3"
+    assert named.openai_api_key is not None and named.openai_api_key.get_secret_value() == "sk-local"
+
+
+def test_thread_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(cm.THREADS_ENV, "1")
+        assert cm.default_num_threads() == 1
+        assert cm.configure_torch_threads() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- slow: the real model
+
+
+@pytest.fixture(scope="module")
+def offline_chat():
+    """The real offline model from the shared cache (``make setup`` prepared it; else converted here)."""
+    cm.prepare_offline_chat_model()
+    return cm.load_offline_chat_model(max_new_tokens=24)
+
+
+@pytest.mark.slow
+def test_cached_load_does_not_reconvert(monkeypatch: pytest.MonkeyPatch, offline_chat) -> None:
+    def no_conversion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached model was converted again")
+
+    monkeypatch.setattr(cm, "_convert_gguf", no_conversion)
+    assert cm.is_prepared()
+    chat = cm.load_offline_chat_model(max_new_tokens=4)
+    assert chat.model_id == cm.OFFLINE_MODEL_NAME
+
+
+@pytest.mark.slow
+def test_offline_chat_template_renders(offline_chat) -> None:
+    prompt = offline_chat._to_chat_prompt(
+        [SystemMessage("Be brief."), HumanMessage("What is the capital of France?")]
+    )
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in prompt
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_offline_model_answers(offline_chat) -> None:
+    reply = offline_chat.invoke("What is the capital of France?")
+    assert isinstance(reply.content, str) and reply.content.strip()
+    assert "<|im_end|>" not in reply.content
+    assert "paris" in reply.content.lower()
+
+
+@pytest.mark.slow
+def test_offline_model_streams_tokens(offline_chat) -> None:
+    chunks = list(offline_chat.stream([HumanMessage("Name three colours.")]))
+    assert len(chunks) > 1
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert "".join(str(c.content) for c in chunks).strip()
+
+
+@pytest.mark.slow
+def test_generation_limits_apply_when_streaming(offline_chat) -> None:
+    path = cm.offline_model_dir()
+    short = cm.load_hf_chat_model(path, max_new_tokens=3, dtype="float32")
+    tokenizer = short.tokenizer
+    text = "".join(str(c.content) for c in short.stream("Tell me a long story about a dragon."))
+    assert 0 < len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 4
