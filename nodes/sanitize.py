@@ -75,10 +75,13 @@ _DELIMITER = re.compile(
 )
 _INST = re.compile(r"(?P<open>\[)\s*/?\s*inst(?![a-z0-9])\s*(?P<close>\])?")
 _PIPE_TOKEN = re.compile(r"(?P<open><)\s*\|[^<>|\n]{0,64}\|\s*(?P<close>>)")
+# Half tokens (``|eot_id|>`` after an opener was already neutralized, or ``<|eot_id|`` with no closer).
+_PIPE_CLOSE = re.compile(r"\|[^<>|\n]{1,64}\|\s*(?P<close>>)")
+_PIPE_OPEN = re.compile(r"(?P<open><)\s*\|[^<>|\n]{1,64}\|")
 _ANGLE_TOKEN = re.compile(r"(?P<open><)\s*/?\s*(?:s|unk|pad|bos|eos)\s*(?P<close>>)")
 _SYS_TOKEN = re.compile(r"(?P<open><)<\s*/?\s*sys\s*>(?P<close>>)")
 _SPEAKER = re.compile(rf"(?:^|(?<=[{_LINE_BREAKS}]))[^\S{_LINE_BREAKS}]*(?P<word>user|agent)\s*:")
-_GENERIC_RULES = (_DELIMITER, _INST, _PIPE_TOKEN, _ANGLE_TOKEN, _SYS_TOKEN)
+_GENERIC_RULES = (_DELIMITER, _INST, _PIPE_TOKEN, _PIPE_CLOSE, _PIPE_OPEN, _ANGLE_TOKEN, _SYS_TOKEN)
 
 _NEUTRAL = {"<": "(", ">": ")", "[": "(", "]": ")"}
 _QUICK_CHECK = re.compile(r"[<\[:]")
