@@ -165,25 +165,19 @@ def _prediction_paths(out: Path, loaded: Sequence[LoadedRows]) -> list[Path]:
 def eval_command(
     data: Annotated[
         list[Path],
-        typer.Argument(
-            metavar="DATA.jsonl...", help="Labeled JSONL data sets (prompt/response/conversation rows)."
-        ),
+        typer.Argument(metavar="DATA.jsonl...", help="Labeled JSONL data sets (prompt/response/conversation rows)."),
     ],
     out: Annotated[
         Path | None,
-        typer.Option(
-            help="Write predictions as JSONL (with several DATA files: a folder, one file per set)."
-        ),
+        typer.Option(help="Write predictions as JSONL (with several DATA files: a folder, one file per set)."),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print only the metrics, as JSON.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only the metrics, as JSON (a list with several DATA files).")
+    ] = False,
     plot: Annotated[Path | None, typer.Option(help="Save the precision-recall curve(s) as a PNG.")] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Evaluate only the first N rows of each file.")
-    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N rows of each file.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per check_batch call.")] = 8,
-    policy: Annotated[
-        str, typer.Option(help="Bundled policy name or path to a policy YAML file.")
-    ] = DEFAULT_POLICY,
+    policy: Annotated[str, typer.Option(help="Bundled policy name or path to a policy YAML file.")] = DEFAULT_POLICY,
     guard_format: Annotated[
         str | None, typer.Option(help="llama-guard-1|2|3|3-1b|4; default: the policy's format.")
     ] = None,
@@ -211,9 +205,7 @@ def eval_command(
                 err_console.print(f"[yellow]{dataset_name(rows.path)}:[/] {message}", highlight=False)
         with err_console.status("loading the guard..."):
             guard = build_guard(config, loaded_policy)
-        results = run_eval(
-            loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns
-        )
+        results = run_eval(loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns)
     except (EvalDataError, *USER_ERRORS) as error:
         fail(str(error).splitlines()[0] if isinstance(error, ValidationError) else str(error))
 
