@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from pydantic import SecretStr
 
 from graph import chat_models as cm
 
@@ -83,7 +84,8 @@ def test_endpoint_is_chosen_when_a_url_is_given() -> None:
 
     named = cm.load_endpoint_chat_model(url, "llama3", api_key="sk-local")
     assert named.model_name == "llama3"
-    assert named.openai_api_key is not None and named.openai_api_key.get_secret_value() == "sk-local"
+    assert isinstance(named.openai_api_key, SecretStr)
+    assert named.openai_api_key.get_secret_value() == "sk-local"
 
 
 def test_thread_setting(monkeypatch: pytest.MonkeyPatch) -> None:
