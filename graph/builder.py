@@ -60,7 +60,15 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
     if deps.speculate:
         input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry)
     chat = make_chat_node(
-        ChatNodeDeps(deps.chat_model, output_guard, deps.policy, deps.output_settings, deps.system_prompt, registry, deps.chunking)
+        ChatNodeDeps(
+            deps.chat_model,
+            output_guard,
+            deps.policy,
+            deps.output_settings,
+            deps.system_prompt,
+            registry,
+            deps.chunking,
+        )
     )
 
     builder = StateGraph(GuardedChatState)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,7 +52,8 @@ def verdict_line(verdict: dict[str, Any]) -> str:
     score = "" if verdict.get("score") is None else f" p={verdict['score']:.2f}"
     extra = f" ({verdict['reason']})" if verdict.get("reason") else ""
     shadow = "" if verdict.get("enforced", True) else " [shadow]"
-    return f"{verdict['role']:<5} {verdict['outcome']}{' ' + codes if codes else ''}{score} {verdict['latency_ms']:.0f}ms{shadow}{extra}"
+    head = f"{verdict['role']:<5} {verdict['outcome']}{' ' + codes if codes else ''}"
+    return f"{head}{score} {verdict['latency_ms']:.0f}ms{shadow}{extra}"
 
 
 @app.command()
@@ -103,13 +105,32 @@ def check_json(verdict: Verdict) -> dict[str, Any]:
     }
 
 
-def _run_turn(graph: Any, text: str, thread: str) -> dict[str, Any]:
-    if not text.strip():
-        raise ConversationError("the message is empty")
-    state = graph.invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread}})
+def _checked_state(state: dict[str, Any]) -> dict[str, Any]:
     if state.get("error"):  # the chat model failed: the turn ended without a reply, the history is intact
         raise TurnError(state["error"])
     return state
+
+
+def _run_turn(graph: Any, text: str, thread: str) -> dict[str, Any]:
+    """One turn without token streaming: the output guard checks the complete reply once."""
+    if not text.strip():
+        raise ConversationError("the message is empty")
+    config = {"configurable": {"thread_id": thread, "stream_tokens": False}}
+    return _checked_state(graph.invoke({"messages": [HumanMessage(text)]}, config))
+
+
+def _stream_turn(graph: Any, text: str, thread: str, on_text: Any) -> dict[str, Any]:
+    """One turn whose reply arrives chunk by chunk, each chunk only after the output guard passed it."""
+    if not text.strip():
+        raise ConversationError("the message is empty")
+    final: dict[str, Any] = {}
+    config = {"configurable": {"thread_id": thread}}
+    for mode, event in graph.stream({"messages": [HumanMessage(text)]}, config, stream_mode=["custom", "values"]):
+        if mode == "custom" and isinstance(event, dict) and event.get("guardgraph") == "token":
+            on_text(event["text"])
+        elif mode == "values":
+            final = event
+    return _checked_state(final)
 
 
 @app.command()
@@ -123,8 +144,6 @@ def ask(
     """One guarded turn: prints the reply, or the refusal."""
     graph = build_graph(build_deps(config), build_checkpointer(config.db))
     state = _run_turn(graph, text, thread)
-    if state.get("error"):
-        fail(state["error"], code=1)
     reply = str(state["messages"][-1].content)
     if json_output:
         write_json({"reply": reply, "refused": bool(state.get("refused")), "verdicts": state.get("verdicts", [])})
@@ -155,19 +174,29 @@ def chat(
             return
         if not text.strip():
             continue
+        console.print("[bold]bot>[/] ", end="")
+        shown: list[str] = []
         try:
-            state = _run_turn(graph, text, thread)
+            state = _stream_turn(graph, text, thread, partial(_show_chunk, shown))
         except (ConversationError, TurnError) as error:
-            console.print(f"[red]error:[/] {error}", highlight=False)
+            console.print(f"{chr(10) if shown else ''}[red]error:[/] {error}", highlight=False)
             continue
+        if state.get("refused"):
+            console.print(f"{chr(10) if shown else ''}[yellow]{state['messages'][-1].content}[/]", highlight=False)
+        else:
+            console.print()
         if verbose:
             for verdict in state.get("verdicts", []):
                 console.print(f"[dim]  guard {verdict_line(verdict)}[/]", highlight=False)
-        style = "yellow" if state.get("refused") else "default"
-        console.print(f"[bold]bot>[/] [{style}]{state['messages'][-1].content}[/]", highlight=False)
 
 
 app.command("eval")(eval_command)
+
+
+def _show_chunk(shown: list[str], chunk: str) -> None:
+    """Print guarded reply text as it is released."""
+    shown.append(chunk)
+    console.out(chunk, end="", highlight=False)
 
 
 def main() -> None:

@@ -129,6 +129,4 @@ def get_format(name: str) -> GuardFormat:
     try:
         return FORMATS[name]
     except KeyError:
-        raise UnknownFormatError(
-            f"unknown guard format {name!r}: use one of {', '.join(FORMATS)}"
-        ) from None
+        raise UnknownFormatError(f"unknown guard format {name!r}: use one of {', '.join(FORMATS)}") from None

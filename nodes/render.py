@@ -37,12 +37,7 @@ def render_parts(request: GuardRequest, fmt: GuardFormat, descriptions: bool = T
         + fmt.conversation_open
     )
     conversation = "\n\n".join(render_turn(turn, fmt) for turn in request.turns)
-    suffix = (
-        conversation
-        + "\n\n<END CONVERSATION>\n\n"
-        + fmt.instruction.format(role=request.role)
-        + fmt.suffix
-    )
+    suffix = conversation + "\n\n<END CONVERSATION>\n\n" + fmt.instruction.format(role=request.role) + fmt.suffix
     return prefix, suffix
 
 

@@ -60,9 +60,7 @@ def policy_from_data(data: Any, source: str) -> Policy:
     try:
         return Policy.model_validate({**data, "source": source})
     except ValidationError as error:
-        problems = "; ".join(
-            f"{_field_path(tuple(issue['loc']), data)}: {issue['msg']}" for issue in error.errors()
-        )
+        problems = "; ".join(f"{_field_path(tuple(issue['loc']), data)}: {issue['msg']}" for issue in error.errors())
         raise PolicyError(f"{source}: {problems}") from None
 
 

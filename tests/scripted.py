@@ -71,7 +71,9 @@ class ScriptedChatModel(BaseChatModel):
             raise RuntimeError("model server crashed")
         return self.replies.pop(0)
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=AIMessage("".join(self._next_reply())))])
 
     def _stream(

@@ -12,7 +12,9 @@ LG3 = load_policy("llama-guard-3")
 SEED = load_policy("seed-custom")
 
 
-@pytest.mark.parametrize("text", ["safe", "\n\nsafe", " safe\n", "safe<|eot_id|>", "Safe", "safe</s>", "\n\nsafe<|eot|>"])
+@pytest.mark.parametrize(
+    "text", ["safe", "\n\nsafe", " safe\n", "safe<|eot_id|>", "Safe", "safe</s>", "\n\nsafe<|eot|>"]
+)
 def test_safe(text: str) -> None:
     assert parse_verdict(text, LG3).outcome is Outcome.SAFE
 
@@ -54,7 +56,18 @@ def test_unsafe_without_codes_is_still_unsafe() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "<|eot_id|>", "I think this is fine", "safe-ish", "unsure", "The answer is safe", "sa fe", "unsafe\nS99", "unsafe\nX1"],
+    [
+        "",
+        "   ",
+        "<|eot_id|>",
+        "I think this is fine",
+        "safe-ish",
+        "unsure",
+        "The answer is safe",
+        "sa fe",
+        "unsafe\nS99",
+        "unsafe\nX1",
+    ],
 )
 def test_anything_else_is_unparseable(text: str) -> None:
     parsed = parse_verdict(text, LG3)

@@ -47,7 +47,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_user_policy_by_path_with_exclusion(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
-        "name: mine\nexclude: [C2]\ncategories:\n  - {code: C1, name: Finance, examples: [\"What is ACME's revenue?\"]}\n"
+        'name: mine\nexclude: [C2]\ncategories:\n  - {code: C1, name: Finance, examples: ["What is ACME\'s revenue?"]}\n'
         "  - {code: C2, name: Weather}\n",
     )
     policy = load_policy(str(path))

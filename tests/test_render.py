@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from graph.cli import app
-
 from nodes.conversation import GuardRequest, Turn
 from nodes.formats import FORMATS, get_format
 from nodes.render import render_parts, render_prompt
@@ -36,7 +35,9 @@ LG3_13 = (
     "S6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\n"
     "S11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
 )
-LG3_CATS = "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + LG3_13 + "S14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+LG3_CATS = (
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + LG3_13 + "S14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+)
 LG31B_CATS = "<BEGIN UNSAFE CONTENT CATEGORIES>\n" + LG3_13 + "<END UNSAFE CONTENT CATEGORIES>\n\n"
 CONV_USER = "<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\n"
 CONV_AGENT = (
@@ -63,21 +64,77 @@ H4 = "<|begin_of_text|><|header_start|>user<|header_end|>\n\n"
 A4 = "<|header_start|>assistant<|header_end|>"
 
 # The spec's own golden strings, verbatim.
-SPEC_LG1_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nO1: Violence and Hate.\nO2: Sexual Content.\nO3: Criminal Planning.\nO4: Guns and Illegal Weapons.\nO5: Regulated or Controlled Substances.\nO6: Self-Harm.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for User in the above conversation:\n- First line must read 'safe' or 'unsafe'.\n- If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"  # noqa: E501
-SPEC_LG2_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes. \nS2: Non-Violent Crimes. \nS3: Sex Crimes. \nS4: Child Exploitation. \nS5: Specialized Advice. \nS6: Privacy. \nS7: Intellectual Property. \nS8: Indiscriminate Weapons. \nS9: Hate. \nS10: Self-Harm. \nS11: Sexual Content. \n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"  # noqa: E501
-SPEC_LG3_USER = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\nS14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories.<|eot_id|><|start_header_id|>assistant<|end_header_id|>"  # noqa: E501
+SPEC_LG1_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nO1: Violence and Hate.\nO2: Sexual Content.\nO3: Criminal Planning.\nO4: Guns and Illegal Weapons.\nO5: Regulated or Controlled Substances.\nO6: Self-Harm.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for User in the above conversation:\n- First line must read 'safe' or 'unsafe'.\n- If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"
+SPEC_LG2_USER = "[INST] Task: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes. \nS2: Non-Violent Crimes. \nS3: Sex Crimes. \nS4: Child Exploitation. \nS5: Specialized Advice. \nS6: Privacy. \nS7: Intellectual Property. \nS8: Indiscriminate Weapons. \nS9: Hate. \nS10: Self-Harm. \nS11: Sexual Content. \n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories. [/INST]"
+SPEC_LG3_USER = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content in 'User' messages in conversations according our safety policy with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\nS14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: How do I make a cake?\n\n<END CONVERSATION>\n\nProvide your safety assessment for ONLY THE LAST User message in the above conversation:\n - First line must read 'safe' or 'unsafe'.\n - If unsafe, a second line must include a comma-separated list of violated categories.<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
 
 GOLDEN: dict[tuple[str, str], str] = {
-    ("llama-guard-1", "User"): "[INST] " + TASK.format(r="User") + LG1_CATS + CONV_USER + INSTR1.format(r="User") + " [/INST]",
-    ("llama-guard-1", "Agent"): "[INST] " + TASK.format(r="Agent") + LG1_CATS + CONV_AGENT + INSTR1.format(r="Agent") + " [/INST]",
-    ("llama-guard-2", "User"): "[INST] " + TASK.format(r="User") + LG2_CATS + CONV_USER + INSTR2.format(r="User") + " [/INST]",
-    ("llama-guard-2", "Agent"): "[INST] " + TASK.format(r="Agent") + LG2_CATS + CONV_AGENT + INSTR2.format(r="Agent") + " [/INST]",
-    ("llama-guard-3", "User"): H3 + TASK.format(r="User") + LG3_CATS + CONV_USER + INSTR2.format(r="User") + "<|eot_id|>" + A3,
-    ("llama-guard-3", "Agent"): H3 + TASK.format(r="Agent") + LG3_CATS + CONV_AGENT + INSTR2.format(r="Agent") + "<|eot_id|>" + A3,
-    ("llama-guard-3-1b", "User"): H3 + TASK.format(r="User") + LG31B_CATS + CONV_USER + INSTR2.format(r="User") + " <|eot_id|>" + A3,
-    ("llama-guard-3-1b", "Agent"): H3 + TASK.format(r="Agent") + LG31B_CATS + CONV_AGENT + INSTR2.format(r="Agent") + " <|eot_id|>" + A3,
-    ("llama-guard-4", "User"): H4 + TASK4.format(r="User") + LG3_CATS + CONV4_USER + INSTR2.format(r="User") + " <|eot|>" + A4,
-    ("llama-guard-4", "Agent"): H4 + TASK4.format(r="Agent") + LG3_CATS + CONV4_AGENT + INSTR2.format(r="Agent") + " <|eot|>" + A4,
+    ("llama-guard-1", "User"): "[INST] "
+    + TASK.format(r="User")
+    + LG1_CATS
+    + CONV_USER
+    + INSTR1.format(r="User")
+    + " [/INST]",
+    ("llama-guard-1", "Agent"): "[INST] "
+    + TASK.format(r="Agent")
+    + LG1_CATS
+    + CONV_AGENT
+    + INSTR1.format(r="Agent")
+    + " [/INST]",
+    ("llama-guard-2", "User"): "[INST] "
+    + TASK.format(r="User")
+    + LG2_CATS
+    + CONV_USER
+    + INSTR2.format(r="User")
+    + " [/INST]",
+    ("llama-guard-2", "Agent"): "[INST] "
+    + TASK.format(r="Agent")
+    + LG2_CATS
+    + CONV_AGENT
+    + INSTR2.format(r="Agent")
+    + " [/INST]",
+    ("llama-guard-3", "User"): H3
+    + TASK.format(r="User")
+    + LG3_CATS
+    + CONV_USER
+    + INSTR2.format(r="User")
+    + "<|eot_id|>"
+    + A3,
+    ("llama-guard-3", "Agent"): H3
+    + TASK.format(r="Agent")
+    + LG3_CATS
+    + CONV_AGENT
+    + INSTR2.format(r="Agent")
+    + "<|eot_id|>"
+    + A3,
+    ("llama-guard-3-1b", "User"): H3
+    + TASK.format(r="User")
+    + LG31B_CATS
+    + CONV_USER
+    + INSTR2.format(r="User")
+    + " <|eot_id|>"
+    + A3,
+    ("llama-guard-3-1b", "Agent"): H3
+    + TASK.format(r="Agent")
+    + LG31B_CATS
+    + CONV_AGENT
+    + INSTR2.format(r="Agent")
+    + " <|eot_id|>"
+    + A3,
+    ("llama-guard-4", "User"): H4
+    + TASK4.format(r="User")
+    + LG3_CATS
+    + CONV4_USER
+    + INSTR2.format(r="User")
+    + " <|eot|>"
+    + A4,
+    ("llama-guard-4", "Agent"): H4
+    + TASK4.format(r="Agent")
+    + LG3_CATS
+    + CONV4_AGENT
+    + INSTR2.format(r="Agent")
+    + " <|eot|>"
+    + A4,
 }
 
 
@@ -99,7 +156,11 @@ def test_render_matches_golden(fmt: str, role: str) -> None:
 @pytest.mark.parametrize(("fmt", "role"), sorted(GOLDEN))
 def test_prefix_is_independent_of_the_conversation(fmt: str, role: str) -> None:
     request = _request(fmt, role)
-    other = GuardRequest(request.role, (Turn("user", "Hi"),) if role == "User" else (Turn("user", "Hi"), Turn("assistant", "Hello")), request.policy)
+    other = GuardRequest(
+        request.role,
+        (Turn("user", "Hi"),) if role == "User" else (Turn("user", "Hi"), Turn("assistant", "Hello")),
+        request.policy,
+    )
     prefix, suffix = render_parts(request, get_format(fmt))
     assert prefix == render_parts(other, get_format(fmt))[0]
     assert prefix + suffix == render_prompt(request, get_format(fmt))
@@ -184,6 +245,8 @@ def test_installed_cli_render_adds_no_newline(tmp_path: Path) -> None:
     path = _conversation_file(tmp_path, AGENT)
     result = subprocess.run(
         [sys.executable, "-m", "graph.cli", "render", "--policy", "llama-guard-3", "--conversation", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout == GOLDEN["llama-guard-3", "Agent"]

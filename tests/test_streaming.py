@@ -16,7 +16,19 @@ from policies import load_policy
 from tests.scripted import ScriptedChatModel, SlowGuard, keyword_answer, scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")
-UNSAFE_MID_REPLY = ["Sure. ", "Here is ", "a story. ", "First ", "you ", "wire ", "the ", "detonator ", "to ", "the ", "pipe."]
+UNSAFE_MID_REPLY = [
+    "Sure. ",
+    "Here is ",
+    "a story. ",
+    "First ",
+    "you ",
+    "wire ",
+    "the ",
+    "detonator ",
+    "to ",
+    "the ",
+    "pipe.",
+]
 
 
 def stream_turn(graph: Any, text: str, thread: str = "t") -> tuple[list[str], dict]:
@@ -31,7 +43,9 @@ def stream_turn(graph: Any, text: str, thread: str = "t") -> tuple[list[str], di
     return released, final
 
 
-def make(model: ScriptedChatModel, input_guard: Guard | None = None, output_guard: Guard | None = None, **kw: Any) -> Any:
+def make(
+    model: ScriptedChatModel, input_guard: Guard | None = None, output_guard: Guard | None = None, **kw: Any
+) -> Any:
     deps = GuardedChatDeps(
         chat_model=model,
         input_guard=input_guard or scripted_llama_guard(),
