@@ -53,8 +53,9 @@ class GuardedChatModel(BaseChatModel):
     guard: Guard
     policy: Policy
     output_guard: Guard | None = None
-    input_settings: GuardNodeSettings = Field(default_factory=GuardNodeSettings)
-    output_settings: GuardNodeSettings = Field(default_factory=GuardNodeSettings)
+    # GuardNodeSettings (a plain dataclass: typed Any so pydantic leaves it, and its audit log, alone)
+    input_settings: Any = Field(default_factory=GuardNodeSettings)
+    output_settings: Any = Field(default_factory=GuardNodeSettings)
     check_output: bool = True
     trace_inner: bool = False
 
@@ -72,9 +73,7 @@ class GuardedChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ the checks
 
-    def _check(
-        self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None
-    ) -> Verdict:
+    def _check(self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None) -> Verdict:
         """Check the last user message (``User``) or ``reply`` to ``messages`` (``Agent``)."""
         guard = self.guard if role == "User" else (self.output_guard or self.guard)
         settings = self.input_settings if role == "User" else self.output_settings
@@ -86,9 +85,7 @@ class GuardedChatModel(BaseChatModel):
             return Verdict(role=role, outcome=Outcome.ERROR, guard=guard.name, reason=str(error))
         return run_guard(guard, request, settings)
 
-    async def _acheck(
-        self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None
-    ) -> Verdict:
+    async def _acheck(self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None) -> Verdict:
         return await asyncio.to_thread(self._check, role, messages, reply)
 
     def _inner_config(

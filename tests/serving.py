@@ -38,9 +38,7 @@ class EchoChatModel(BaseChatModel):
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         self.calls += 1
-        return ChatResult(
-            generations=[ChatGeneration(message=AIMessage(f"You said: {messages[-1].content}"))]
-        )
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(f"You said: {messages[-1].content}"))])
 
 
 class SleepyGuard(LlamaGuard):

@@ -43,8 +43,7 @@ def server_config(tmp_path: Path) -> Path:
     config = json.loads((ROOT / "langgraph.json").read_text())
     config["dependencies"] = [str((ROOT / dep).resolve()) for dep in config["dependencies"]]
     config["graphs"] = {
-        name: f"{(ROOT / spec.split(':')[0]).resolve()}:{spec.split(':')[1]}"
-        for name, spec in config["graphs"].items()
+        name: f"{(ROOT / spec.split(':')[0]).resolve()}:{spec.split(':')[1]}" for name, spec in config["graphs"].items()
     }
     path = tmp_path / "langgraph.json"
     path.write_text(json.dumps(config))
@@ -64,9 +63,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise AssertionError(
-        f"langgraph dev was not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
-    )
+    raise AssertionError(f"langgraph dev was not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -30,9 +30,7 @@ def _chat_logprobs(metadata: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "tokens": [item.get("token") for item in content],
         "token_logprobs": [item.get("logprob") for item in content],
-        "top_logprobs": [
-            {t["token"]: t["logprob"] for t in item.get("top_logprobs") or []} for item in content
-        ],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in item.get("top_logprobs") or []} for item in content],
     }
 
 
@@ -51,9 +49,7 @@ class LangChainBackend:
 
     def complete(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat) -> list[Completion]:
         if isinstance(self.model, BaseChatModel):
-            outputs = self.model.batch(
-                [[HumanMessage(prompt.text)] for prompt in prompts], return_exceptions=False
-            )
+            outputs = self.model.batch([[HumanMessage(prompt.text)] for prompt in prompts], return_exceptions=False)
             return [
                 Completion(_text_of(output), p_unsafe_from_logprobs(_chat_logprobs(output.response_metadata)))
                 for output in outputs
@@ -63,9 +59,7 @@ class LangChainBackend:
             completions = []
             for generations in result.generations:
                 info = generations[0].generation_info or {}
-                completions.append(
-                    Completion(generations[0].text, p_unsafe_from_logprobs(info.get("logprobs")))
-                )
+                completions.append(Completion(generations[0].text, p_unsafe_from_logprobs(info.get("logprobs"))))
             return completions
         outputs = self.model.batch([prompt.text for prompt in prompts], return_exceptions=False)
         return [Completion(_text_of(output)) for output in outputs]
