@@ -1,0 +1,97 @@
+"""The audit log: one complete JSON line per decision, also with concurrent threads and processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from nodes.audit import AuditLog, policy_hash, read_audit
+from nodes.conversation import GuardRequest, Turn
+from nodes.guard_node import GuardNodeSettings, run_guard
+from nodes.verdict import CategoryHit, Outcome, Verdict
+from policies import load_policy
+from tests.scripted import scripted_llama_guard
+
+POLICY = load_policy("llama-guard-3")
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = {
+    "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "score",
+    "latency_ms", "enforced", "blocked", "reason",
+}  # fmt: skip
+
+
+def request(text: str = "hello") -> GuardRequest:
+    return GuardRequest("User", (Turn("user", text),), POLICY)
+
+
+def test_record_fields_and_no_content_by_default(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.jsonl")
+    guard = scripted_llama_guard("unsafe\nS9")
+    run_guard(guard, request("secret text"), GuardNodeSettings(audit=log), thread_id="th-1")
+    (record,) = read_audit(tmp_path / "a.jsonl")
+    assert set(record) == FIELDS
+    assert record["thread"] == "th-1" and record["role"] == "User" and record["outcome"] == "unsafe"
+    assert record["categories"] == ["S9"] and record["policy"] == POLICY.name and record["blocked"] is True
+    assert record["guard"] == "llama-guard-3:scripted" and record["enforced"] is True
+    canonical = json.dumps(POLICY.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert record["policy_sha256"] == hashlib.sha256(canonical.encode()).hexdigest() == policy_hash(POLICY)
+    assert "secret text" not in (tmp_path / "a.jsonl").read_text()
+
+
+def test_content_only_when_asked(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a.jsonl", include_content=True)
+    run_guard(scripted_llama_guard("safe"), request("héllo wörld"), GuardNodeSettings(audit=log))
+    assert read_audit(tmp_path / "a.jsonl")[0]["content"] == "héllo wörld"
+
+
+def test_policy_hash_changes_with_the_policy() -> None:
+    assert policy_hash(POLICY) != policy_hash(POLICY.excluding("S1"))
+    assert policy_hash(POLICY) == policy_hash(load_policy("llama-guard-3"))
+
+
+def test_concurrent_threads_write_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path, include_content=True)
+    big = "x" * 20_000  # far above PIPE_BUF: one write per line must still keep lines whole
+    verdict = Verdict("User", Outcome.UNSAFE, (CategoryHit("S1", "Violent Crimes"),), score=0.9)
+
+    def worker(index: int) -> None:
+        for _ in range(50):
+            log.record(verdict, request=request(f"{index}:{big}"), thread_id=f"t{index}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = read_audit(path)  # every line parses
+    assert len(records) == 16 * 50
+    assert all(r["content"] == f"{r['thread'][1:]}:{big}" for r in records)
+
+
+WRITER = """
+import sys
+from nodes.audit import AuditLog
+from nodes.verdict import Outcome, Verdict
+log = AuditLog(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    log.write({"writer": sys.argv[2], "i": i, "pad": "y" * 8000})
+"""
+
+
+def test_two_processes_write_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, "300"], cwd=ROOT)
+        for name in ("a", "b")
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0
+    records = read_audit(path)
+    assert len(records) == 600
+    for name in ("a", "b"):
+        assert [r["i"] for r in records if r["writer"] == name] == list(range(300))
