@@ -14,10 +14,10 @@ the graph always agree. Every returned message carries ``response_metadata["guar
 ``{"refused": bool, "role": "User"|"Agent"|None, "verdicts": [verdict dicts]}``.
 
 Streaming holds the reply back until the output check has passed: ``stream()`` yields the checked
-reply (or the refusal) as one chunk. The wrapped model is called without the caller's callbacks unless
-``trace_inner=True``: its unchecked tokens would otherwise reach streaming callback handlers (LangGraph's
-``stream_mode="messages"``, ``astream_events``) before the guard has seen them; with ``trace_inner``
-its run is traced but tagged ``nostream`` (LangGraph leaves such runs out of its message stream).
+reply (or the refusal) as one chunk. The wrapped model is called without the caller's callbacks: its
+unchecked tokens would otherwise reach streaming callback handlers (LangGraph's
+``stream_mode="messages"``, ``astream_events``) before the guard has seen them. The guarded model's
+own run is traced and streamed as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field
@@ -40,8 +41,6 @@ from nodes.guards.base import Guard
 from nodes.refuse import refusal_text
 from nodes.verdict import Outcome, Role, Verdict
 from policies.model import Policy
-
-NOSTREAM_TAG = "nostream"  # LangGraph's tag for model runs left out of stream_mode="messages"
 
 
 class GuardedChatModel(BaseChatModel):
@@ -57,7 +56,6 @@ class GuardedChatModel(BaseChatModel):
     input_settings: Any = Field(default_factory=GuardNodeSettings)
     output_settings: Any = Field(default_factory=GuardNodeSettings)
     check_output: bool = True
-    trace_inner: bool = False
 
     @property
     def _llm_type(self) -> str:
@@ -88,12 +86,10 @@ class GuardedChatModel(BaseChatModel):
     async def _acheck(self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None) -> Verdict:
         return await asyncio.to_thread(self._check, role, messages, reply)
 
-    def _inner_config(
-        self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None
-    ) -> RunnableConfig:
-        if self.trace_inner and run_manager is not None:
-            return {"callbacks": run_manager.get_child(), "tags": [NOSTREAM_TAG]}
-        return {"callbacks": []}  # an explicit empty list: nothing inherited from the caller's context
+    @staticmethod
+    def _inner_config() -> RunnableConfig:
+        # An explicit empty list: nothing is inherited from the caller's context (callbacks=None would be).
+        return {"callbacks": []}
 
     # ------------------------------------------------------------------ results
 
@@ -123,7 +119,7 @@ class GuardedChatModel(BaseChatModel):
         verdicts = [self._check("User", messages)]
         if verdicts[-1].blocks:
             return self._refusal(verdicts[-1], verdicts)
-        reply = self.model.invoke(messages, self._inner_config(run_manager), stop=stop, **kwargs)
+        reply = self.model.invoke(messages, self._inner_config(), stop=stop, **kwargs)
         if self.check_output:
             verdicts.append(self._check("Agent", messages, reply))
             if verdicts[-1].blocks:
@@ -140,7 +136,7 @@ class GuardedChatModel(BaseChatModel):
         verdicts = [await self._acheck("User", messages)]
         if verdicts[-1].blocks:
             return self._refusal(verdicts[-1], verdicts)
-        reply = await self.model.ainvoke(messages, self._inner_config(run_manager), stop=stop, **kwargs)
+        reply = await self.model.ainvoke(messages, self._inner_config(), stop=stop, **kwargs)
         if self.check_output:
             verdicts.append(await self._acheck("Agent", messages, reply))
             if verdicts[-1].blocks:
@@ -174,7 +170,7 @@ def _metadata(refused: bool, role: Role | None, verdicts: list[Verdict]) -> dict
 def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
     message = result.generations[0].message
     tool_call_chunks = [
-        {"name": call["name"], "args": json.dumps(call["args"]), "id": call.get("id"), "index": index}
+        tool_call_chunk(name=call["name"], args=json.dumps(call["args"]), id=call.get("id"), index=index)
         for index, call in enumerate(getattr(message, "tool_calls", []))
     ]
     chunk = AIMessageChunk(
