@@ -31,6 +31,7 @@ def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
     """
     from nodes.guards.windowed import OFFLINE_OVERLAP_CHARS, OFFLINE_WINDOW_CHARS
 
+    config.resolved_guard_format(policy)  # an unknown --guard-format is an error for every guard
     if config.guard_endpoint or config.guard_model:
         return windowed(_build_llama_guard(config, policy))
     guard = load_offline_guard()
