@@ -253,9 +253,7 @@ def prepare_offline_chat_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
     started = time.perf_counter()
     try:
-        console.print(
-            f"[bold]Preparing the offline chat model[/] (one time, ~30 s) from {gguf}", soft_wrap=True
-        )
+        console.print(f"[bold]Preparing the offline chat model[/] (one time, ~30 s) from {gguf}", soft_wrap=True)
         with (
             Progress(
                 SpinnerColumn(),
@@ -341,7 +339,13 @@ def load_hf_chat_model(
     tokenizer = AutoTokenizer.from_pretrained(name)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{name}: the tokenizer has no chat template; use an Instruct/chat model")
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", **(model_kwargs or {}))
+    model_kwargs = dict(model_kwargs or {})
+    if device is None and "device_map" not in model_kwargs:
+        import torch
+
+        if torch.cuda.is_available():
+            model_kwargs["device_map"] = "auto"  # a GPU when there is one (e.g. real Llama 3 weights)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", **model_kwargs)
     model.eval()
 
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
@@ -448,12 +452,8 @@ def load_chat_model(
             **kwargs,
         )
     if chat_model:
-        return load_hf_chat_model(
-            chat_model, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs
-        )
-    return load_offline_chat_model(
-        cache_dir, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs
-    )
+        return load_hf_chat_model(chat_model, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
+    return load_offline_chat_model(cache_dir, max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
 
 
 # --------------------------------------------------------------------------- CLI
