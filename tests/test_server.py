@@ -170,3 +170,19 @@ def test_server_streams_values(server_url: str) -> None:
     nodes = [name for update in updates for name in update]
     assert nodes == ["input_guard", "chat", "output_guard"]
     assert updates[-1]["output_guard"]["messages"][-1]["content"] == "You said: Hello"
+
+
+def test_server_streams_guarded_reply_chunks(server_url: str) -> None:
+    """``stream_mode="custom"`` carries the reply text the output guard released, chunk by chunk."""
+    client = get_sync_client(url=server_url)
+    thread = client.threads.create()
+    chunks = list(
+        client.runs.stream(
+            thread["thread_id"],
+            "guardgraph",
+            input={"messages": [{"role": "user", "content": "Hello there, how are you today?"}]},
+            stream_mode="custom",
+        )
+    )
+    texts = [c.data["text"] for c in chunks if c.event == "custom" and c.data.get("guardgraph") == "token"]
+    assert "".join(texts) == "You said: Hello there, how are you today?"
