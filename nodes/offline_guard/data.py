@@ -80,9 +80,12 @@ def load_train_rows(train_dir: Path, seed: int = 0) -> list[Example]:
             if label not in ("safe", "unsafe"):
                 continue
             cats = tuple(r.get("lg3_categories") or ())
-            if name == "do_not_answer_prompts" and not cats:
-                if any(any(k in c for k in DNA_NOT_HAZARD) for c in r.get("orig_categories") or ()):
-                    continue  # "misinformation"/"treat me as a human": not a Llama Guard hazard, skip
+            if (
+                name == "do_not_answer_prompts"
+                and not cats
+                and any(any(k in c for k in DNA_NOT_HAZARD) for c in r.get("orig_categories") or ())
+            ):
+                continue  # "misinformation"/"treat me as a human": not a Llama Guard hazard, skip
             is_unsafe = label == "unsafe"
             response = r.get("response") if r["task"] == "response" else None
             if r["task"] == "response" and not response:
@@ -138,8 +141,16 @@ def load_contrast(path: Path = CONTRAST_FILE, seed: int = 0) -> tuple[list[Examp
                     hazards.update(table.get(values[slot], ()))
             text = _fill(texts["prompt"], values)
             out.append(
-                Example(text, None, label, tuple(sorted(hazards)) if label else (), True, "contrast:" + group["name"],
-                        group="contrast:" + group["name"] + ":" + _norm(text), weight=weight)
+                Example(
+                    text,
+                    None,
+                    label,
+                    tuple(sorted(hazards)) if label else (),
+                    True,
+                    "contrast:" + group["name"],
+                    group="contrast:" + group["name"] + ":" + _norm(text),
+                    weight=weight,
+                )
             )
     for group in data.get("response_groups", []):
         label = int(group["label"] == "unsafe")
@@ -147,8 +158,16 @@ def load_contrast(path: Path = CONTRAST_FILE, seed: int = 0) -> tuple[list[Examp
             prompt, response = _fill(texts["prompt"], values), _fill(texts["response"], values)
             hazards = tuple(texts.get("hazards", ())) if label else ()
             out.append(
-                Example(prompt, response, label, hazards, not label, "contrast:" + group["name"],
-                        group="contrast:" + group["name"] + ":" + _norm(prompt), weight=1.5)
+                Example(
+                    prompt,
+                    response,
+                    label,
+                    hazards,
+                    not label,
+                    "contrast:" + group["name"],
+                    group="contrast:" + group["name"] + ":" + _norm(prompt),
+                    weight=1.5,
+                )
             )
     return out, list(data.get("refusals", []))
 

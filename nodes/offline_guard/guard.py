@@ -119,7 +119,10 @@ class OfflineGuard(BaseGuard):
             clf = self._classifiers.get(key)
         if clf is None:
             clf = ExampleClassifier(
-                self.embed(category.examples), self.embed(category.counter_examples), self.embed(others), self.generic_benign
+                self.embed(category.examples),
+                self.embed(category.counter_examples),
+                self.embed(others),
+                self.generic_benign,
             )
             with self._lock:
                 self._classifiers[key] = clf

@@ -55,7 +55,7 @@ def encode_pair(tokenizer, prompt: str, response: str | None, max_len: int = MAX
     budget = max_len - 3 - len(p)
     if len(r) > budget:
         head = (budget * 3) // 4
-        r = r[:head] + r[len(r) - (budget - head):]
+        r = r[:head] + r[len(r) - (budget - head) :]
     ids = [cls, *p, sep, *r, sep]
     types = [0] * (len(p) + 2) + [1] * (len(r) + 1)
     return ids, types

@@ -41,7 +41,9 @@ def batches_by_length(lengths: list[int], batch_size: int, rng: random.Random, s
     return chunks
 
 
-def precompute_lower(net: GuardNet, encoded: list[tuple[list[int], list[int]]], batch_size: int = 64) -> list[torch.Tensor]:
+def precompute_lower(
+    net: GuardNet, encoded: list[tuple[list[int], list[int]]], batch_size: int = 64
+) -> list[torch.Tensor]:
     """Output of the frozen layers per example (fp16, unpadded)."""
     from nodes.offline_guard.model import pad_batch
 
@@ -89,8 +91,15 @@ def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     fpr = fp / (fp + tn) if fp + tn else 0.0
     auprc = float(average_precision_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
-    return {"n": len(y), "pos": int(y.sum()), "f1": round(f1, 4), "precision": round(precision, 4),
-            "recall": round(recall, 4), "fpr": round(fpr, 4), "auprc": round(auprc, 4)}
+    return {
+        "n": len(y),
+        "pos": int(y.sum()),
+        "f1": round(f1, 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "fpr": round(fpr, 4),
+        "auprc": round(auprc, 4),
+    }
 
 
 def choose_threshold(y: np.ndarray, logit: np.ndarray, target_fpr: float) -> float:
@@ -108,14 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "artifact")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=6e-5)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--head-lr", type=float, default=2e-3)
-    parser.add_argument("--split", type=int, default=4, help="number of frozen lower layers (of 6)")
+    parser.add_argument("--split", type=int, default=5, help="number of frozen lower layers (of 6)")
     parser.add_argument("--hazard-weight", type=float, default=0.5)
     parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=None, help="optional file to keep the frozen-layer outputs in")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -135,8 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     net = GuardNet(base, split=args.split)
     enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
     enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
-    low_train = precompute_lower(net, enc_train)
-    low_held = precompute_lower(net, enc_held)
+    if args.cache is not None and args.cache.is_file():
+        low_train, low_held = torch.load(args.cache)
+        assert len(low_train) == len(train) and len(low_held) == len(held), "stale cache"
+    else:
+        low_train = precompute_lower(net, enc_train)
+        low_held = precompute_lower(net, enc_held)
+        if args.cache is not None:
+            torch.save((low_train, low_held), args.cache)
     print(f"lower layers cached in {time.time() - started:.0f}s", flush=True)
 
     y = torch.tensor([e.label for e in train], dtype=torch.float32)
@@ -190,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
             step += 1
             running += float(loss)
             if step % 200 == 0:
-                print(f"epoch {epoch} step {step}/{total} loss {running / 200:.4f} {time.time() - started:.0f}s", flush=True)
+                elapsed = time.time() - started
+                print(f"epoch {epoch} step {step}/{total} loss {running / 200:.4f} {elapsed:.0f}s", flush=True)
                 running = 0.0
 
     # thresholds and held-out metrics
