@@ -56,26 +56,23 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
     """Compile the guarded chat graph; pass a checkpointer to keep conversations by thread id."""
     registry = SpeculationRegistry()
     output_guard = RecentVerdicts(deps.output_guard)
-    input_guard: Any = make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings)
+    input_guard = make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings)
     if deps.speculate:
         input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry)
-    chat = make_chat_node(
-        ChatNodeDeps(
-            deps.chat_model,
-            output_guard,
-            deps.policy,
-            deps.output_settings,
-            deps.system_prompt,
-            registry,
-            deps.chunking,
-        )
+    chat_deps = ChatNodeDeps(
+        deps.chat_model, output_guard, deps.policy, deps.output_settings, deps.system_prompt, registry, deps.chunking
     )
+    # Nodes are plain functions over the state dict; Any keeps langgraph's TypedDict-bound overloads quiet.
+    nodes: dict[str, Any] = {
+        "input_guard": input_guard,
+        "chat": make_chat_node(chat_deps),
+        "output_guard": make_guard_node("Agent", output_guard, deps.policy, deps.output_settings),
+        "refuse": make_refuse_node(deps.policy),
+    }
 
     builder = StateGraph(GuardedChatState)
-    builder.add_node("input_guard", input_guard)
-    builder.add_node("chat", chat)
-    builder.add_node("output_guard", make_guard_node("Agent", output_guard, deps.policy, deps.output_settings))
-    builder.add_node("refuse", make_refuse_node(deps.policy))
+    for name, node in nodes.items():
+        builder.add_node(name, node)
 
     builder.add_edge(START, "input_guard")
     builder.add_conditional_edges("input_guard", _route("chat"), ["chat", "refuse"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
@@ -77,7 +78,8 @@ def load_offline_guard() -> Guard:
     return OfflineGuard.load_default()
 
 
-def build_chat_model(config: GuardGraphConfig):  # type: ignore[no-untyped-def]
+def build_chat_model(config: GuardGraphConfig) -> BaseChatModel:
+    """The chat model the config names: an endpoint, a hub id or local path, else offline SmolLM2."""
     from graph.chat_models import load_chat_model
 
     return load_chat_model(
