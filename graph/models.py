@@ -14,9 +14,9 @@ from graph.config import GuardGraphConfig
 from nodes.audit import AuditLog
 from nodes.guard_node import GuardNodeSettings
 from nodes.guards.base import Guard
-from nodes.guards.windowed import windowed
 from nodes.guards.langchain_backend import LangChainBackend
 from nodes.guards.llama_guard import LlamaGuard
+from nodes.guards.windowed import windowed
 from policies.model import Policy
 
 

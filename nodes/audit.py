@@ -34,9 +34,7 @@ def policy_hash(policy: Policy) -> str:
     cached = _HASHES.get(id(policy))
     if cached is not None and cached[0] is policy:
         return cached[1]
-    canonical = json.dumps(
-        policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    canonical = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     _HASHES[id(policy)] = (policy, digest)
     return digest

@@ -58,10 +58,8 @@ def role_of_last(turns: Sequence[Turn]) -> Role:
 
 def window(turns: Sequence[Turn], max_turns: int | None) -> tuple[Turn, ...]:
     """The last ``max_turns`` turns, widened so that the window starts with a user turn."""
-    if max_turns is None or max_turns <= 0 or len(turns) <= max_turns:
-        start = 0
-    else:
-        start = len(turns) - max_turns
+    keep_all = max_turns is None or max_turns <= 0 or len(turns) <= max_turns
+    start = 0 if keep_all else len(turns) - max_turns  # type: ignore[operator]
     while start > 0 and turns[start].speaker != "user":
         start -= 1
     return tuple(turns[start:])

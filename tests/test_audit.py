@@ -85,10 +85,7 @@ for i in range(int(sys.argv[3])):
 
 def test_two_processes_write_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, "300"], cwd=ROOT)
-        for name in ("a", "b")
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name, "300"], cwd=ROOT) for name in ("a", "b")]
     for proc in procs:
         assert proc.wait(timeout=60) == 0
     records = read_audit(path)

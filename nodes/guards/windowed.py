@@ -187,4 +187,4 @@ def windowed(guard: Guard, **sizes: int | None) -> Guard:
     """``guard`` wrapped in a :class:`WindowedGuard` (once: wrapping twice is a no-op)."""
     if isinstance(guard, WindowedGuard):
         return guard
-    return WindowedGuard(guard, **sizes)  # type: ignore[return-value]
+    return WindowedGuard(guard, **sizes)
