@@ -155,3 +155,32 @@ def test_render_neutralizes_injected_structure(tmp_path: Path) -> None:
     result = invoke("render", "--conversation", str(path))
     assert result.exit_code == 0
     assert result.stdout.count("<END CONVERSATION>") == 1 and result.stdout.count("<|eot_id|>") == 1
+
+
+@pytest.mark.slow
+def test_real_cli_with_dead_guard_endpoint_refuses(tmp_path: Path) -> None:
+    """The issue's fault test, as a real process with the default (offline) chat model."""
+    import shutil
+    import subprocess
+    import sys
+
+    try:
+        from graph.chat_models import offline_model_dir
+
+        if not offline_model_dir().exists():
+            pytest.skip("the offline chat model cache is not prepared (make setup)")
+    except ImportError:
+        pytest.skip("graph.chat_models is not available")
+    exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "graph.cli"]
+    result = subprocess.run(
+        [*command, "ask", "hello", *DEAD_ENDPOINT, "--json", "--audit", str(tmp_path / "a.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "Traceback" not in result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["refused"] is True and data["verdicts"][0]["outcome"] == "error"
+    assert read_audit(tmp_path / "a.jsonl")[0]["outcome"] == "error"
