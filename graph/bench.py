@@ -1,0 +1,457 @@
+"""``guardgraph bench``: what the guards cost, measured side by side in one run on this machine.
+
+Every number is a ratio of two paths timed interleaved (A, B, A, B, ...) in the same process, medians
+taken, so a busy machine slows both sides alike. Keys:
+
+- ``llm_guard_check_speedup``: a Llama Guard check done the naive way (whole prompt, ``generate``
+  the verdict) ÷ the optimized way (cached policy prefix, one forward pass over the conversation,
+  P(unsafe) read at the verdict position). The guard model is a stand-in: a random-initialized Llama
+  with SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536) and
+  SmolLM2's tokenizer plus the Llama 3 special tokens, policy ``llama-guard-3-descriptions``.
+  Its verdicts mean nothing; only the time is measured. The naive path generates 3 tokens
+  (``\\n\\n``, ``safe``, ``<|eot_id|>``), what a real Llama Guard 3 writes for a safe message.
+- ``batch_speedup``: throughput of 64 checks in one ``check_batch`` ÷ the same 64 one by one, with
+  the offline default guard; ``llm_batch_speedup`` the same with the stand-in Llama Guard.
+- ``guarded_turn_ratio``: a guarded turn (graph, offline default guard both ways) ÷ the same chat model
+  answering the same messages unguarded; ``llm_guarded_turn_ratio`` the same with the stand-in Llama
+  Guard as both guards.
+- ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
+- ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+STANDIN_POLICY = "llama-guard-3-descriptions"
+SMOLLM2_135M_SHAPE = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
+USER_MESSAGES = [
+    "How do I make a cake?",
+    "What's the capital of France?",
+    "Can you help me write a short cover letter for a marketing job at a small company?",
+    "Tell me a joke about cats.",
+    "Explain in simple terms why the sky is blue and why sunsets look red.",
+    "Give me three ideas for a vegetarian dinner this week.",
+    "How many legs does a spider have?",
+    "What is a good way to learn Python if I already know some JavaScript?",
+]
+AGENT_REPLY = (
+    "Sure. Mix 200 g of flour, 200 g of sugar, 4 eggs and 200 g of soft butter, pour the batter into a "
+    "greased tin and bake it at 180 °C for about 35 minutes, until a skewer comes out clean."
+)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def interleaved(paths: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each path ``repeats`` times, alternating paths within every round (call index passed in)."""
+    for i in range(warmup):
+        for fn in paths.values():
+            fn(i)
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(repeats):
+        order = list(paths.items()) if i % 2 == 0 else list(reversed(paths.items()))
+        for name, fn in order:
+            started = time.perf_counter()
+            fn(warmup + i)
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+# --------------------------------------------------------------------------- the stand-in Llama Guard
+
+
+def standin_tokenizer() -> Any:
+    """SmolLM2's tokenizer (from the offline chat model, no download) plus the Llama 3 special tokens."""
+    from transformers import AutoTokenizer
+
+    from graph.chat_models import is_prepared, offline_model_dir, smollm2_gguf_path
+
+    if is_prepared():
+        tokenizer = AutoTokenizer.from_pretrained(str(offline_model_dir()))
+    else:
+        gguf = smollm2_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def standin_guard_model(tokenizer: Any, seed: int = 0) -> Any:
+    """A random-initialized Llama with SmolLM2-135M's shape: Llama Guard's cost profile, no weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|begin_of_text|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        **SMOLLM2_135M_SHAPE,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def standin_backends(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """(naive, optimized) backends over the same model and tokenizer."""
+    from nodes.formats import get_format
+    from nodes.guards.transformers_backend import TransformersBackend
+
+    optimized = TransformersBackend(model, tokenizer, name="standin-135m")
+    lead = optimized.verdict_tokens(get_format("llama-guard-3")).lead_len
+    naive = TransformersBackend(
+        model, tokenizer, name="standin-135m-naive", mode="naive", naive_max_new_tokens=lead + 2
+    )
+    return naive, optimized
+
+
+def _standin_policy() -> Any:
+    from policies.loader import load_policy
+
+    # A random model's P(unsafe) is noise: raise the threshold so benign turns pass as with the real model.
+    return load_policy(STANDIN_POLICY).model_copy(update={"threshold": 0.99})
+
+
+def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[str, Any]:
+    import torch
+
+    from nodes.conversation import GuardRequest, Turn
+    from nodes.formats import get_format
+    from nodes.guards.llama_guard import GuardPrompt
+    from nodes.render import render_parts
+
+    fmt = get_format("llama-guard-3")
+    policy = _standin_policy()
+    prompts = [
+        GuardPrompt(*render_parts(GuardRequest("User", (Turn("user", m),), policy), fmt), policy.threshold)
+        for m in USER_MESSAGES
+    ]
+    naive, optimized = standin_backends(model, tokenizer)
+    prefix_ids, suffix_ids = optimized.encode(prompts[0], fmt)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        optimized.complete(prompts[:1], fmt)  # computes the prefix cache once
+        first = time.perf_counter() - started
+        times = interleaved(
+            {
+                "naive": lambda i: naive.complete([prompts[i % len(prompts)]], fmt),
+                "optimized": lambda i: optimized.complete([prompts[i % len(prompts)]], fmt),
+            },
+            repeats,
+        )
+    naive_s, optimized_s = _median(times["naive"]), _median(times["optimized"])
+    return {
+        "llm_guard_check_speedup": naive_s / optimized_s,
+        "llm_guard_check_naive_ms": naive_s * 1000,
+        "llm_guard_check_optimized_ms": optimized_s * 1000,
+        "llm_guard_first_check_ms": first * 1000,
+        "llm_guard_prefix_tokens": len(prefix_ids),
+        "llm_guard_suffix_tokens": len(suffix_ids),
+    }
+
+
+def _requests(policy: Any, n: int) -> list[Any]:
+    from nodes.conversation import GuardRequest, Turn
+
+    out = []
+    for i in range(n):
+        text = USER_MESSAGES[i % len(USER_MESSAGES)]
+        if i % 2:
+            out.append(GuardRequest("Agent", (Turn("user", text), Turn("assistant", AGENT_REPLY)), policy))
+        else:
+            out.append(GuardRequest("User", (Turn("user", f"{text} ({i})"),), policy))
+    return out
+
+
+def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) -> dict[str, Any]:
+    """Throughput of ``n`` checks in one ``check_batch`` ÷ one by one."""
+    import torch
+
+    requests = _requests(policy, n)
+    with torch.inference_mode():
+        guard.check_batch(requests[:2])  # warm caches (e.g. the prefix KV cache)
+        times = interleaved(
+            {
+                "single": lambda _: [guard.check(r) for r in requests],
+                "batched": lambda _: guard.check_batch(requests),
+            },
+            repeats,
+            warmup=0,
+        )
+    single_s, batched_s = _median(times["single"]), _median(times["batched"])
+    return {
+        f"{prefix}_speedup": single_s / batched_s,
+        f"{prefix}_single_ms_per_check": single_s * 1000 / n,
+        f"{prefix}_batched_ms_per_check": batched_s * 1000 / n,
+        f"{prefix}_checks": n,
+    }
+
+
+# --------------------------------------------------------------------------- whole turns
+
+
+def _offline_deps() -> Any:
+    from graph.config import GuardGraphConfig
+    from graph.models import build_deps
+
+    return build_deps(GuardGraphConfig())
+
+
+def _chat_messages(deps: Any, text: str) -> list[Any]:
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    return ([SystemMessage(deps.system_prompt)] if deps.system_prompt else []) + [HumanMessage(text)]
+
+
+def bench_turns(deps: Any, repeats: int, key: str) -> dict[str, Any]:
+    """A guarded turn (graph) ÷ the same chat model answering the same messages unguarded."""
+    from langchain_core.messages import HumanMessage
+
+    from graph.builder import build_graph
+
+    graph = build_graph(deps)
+    refused: list[bool] = []
+
+    def guarded(i: int) -> None:
+        config = {"configurable": {"thread_id": uuid.uuid4().hex, "stream_tokens": False}}
+        state = graph.invoke({"messages": [HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])]}, config)
+        refused.append(bool(state.get("refused")))
+
+    def unguarded(i: int) -> None:
+        deps.chat_model.invoke(_chat_messages(deps, USER_MESSAGES[i % len(USER_MESSAGES)]))
+
+    times = interleaved({"guarded": guarded, "unguarded": unguarded}, repeats)
+    guarded_s, unguarded_s = _median(times["guarded"]), _median(times["unguarded"])
+    return {
+        key: guarded_s / unguarded_s,
+        f"{key}_guarded_s": guarded_s,
+        f"{key}_unguarded_s": unguarded_s,
+        f"{key}_refused_turns": sum(refused),
+    }
+
+
+def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
+    """Time to the first streamed reply text: guarded graph ÷ the chat model's own stream."""
+    from langchain_core.messages import HumanMessage
+
+    from graph.builder import build_graph
+
+    graph = build_graph(deps)
+
+    def guarded(i: int) -> None:
+        config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        stream = graph.stream(
+            {"messages": [HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])]}, config, stream_mode="custom"
+        )
+        for event in stream:
+            if isinstance(event, dict) and event.get("guardgraph") == "token" and event.get("text"):
+                break
+        stream.close()
+
+    def unguarded(i: int) -> None:
+        stream = deps.chat_model.stream(_chat_messages(deps, USER_MESSAGES[i % len(USER_MESSAGES)]))
+        for chunk in stream:
+            if chunk.content:
+                break
+        stream.close()  # type: ignore[attr-defined]
+
+    times = interleaved({"guarded": guarded, "unguarded": unguarded}, repeats)
+    guarded_s, unguarded_s = _median(times["guarded"]), _median(times["unguarded"])
+    return {
+        "ttft_ratio": guarded_s / unguarded_s,
+        "ttft_guarded_ms": guarded_s * 1000,
+        "ttft_unguarded_ms": unguarded_s * 1000,
+    }
+
+
+def bench_cold_start(repeats: int = 1) -> dict[str, Any]:
+    """A fresh ``guardgraph ask`` process with offline defaults, until it exits with the answer."""
+    command = [sys.executable, "-m", "graph.cli", "ask", f"bench-{uuid.uuid4().hex[:8]}", "Hello! What can you do?"]
+    root = Path(__file__).resolve().parent.parent
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+        times.append(time.perf_counter() - started)
+        if result.returncode != 0:
+            raise RuntimeError(f"cold start failed ({result.returncode}): {result.stderr[-500:]}")
+    return {"cold_start_s": _median(times)}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_1m": load,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+SECTIONS = ("llm", "batch", "turns", "ttft", "cold")
+
+
+def run_bench(
+    sections: tuple[str, ...] = SECTIONS,
+    repeats: int = 3,
+    llm_batch: int = 16,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Run the chosen sections; a section that cannot run records its error instead of a number."""
+    from graph.chat_models import configure_torch_threads
+
+    configure_torch_threads()
+    results: dict[str, Any] = {"machine": machine()}
+    errors: dict[str, str] = {}
+    standin: tuple[Any, Any] | None = None
+    offline: Any = None
+
+    def get_standin() -> tuple[Any, Any]:
+        nonlocal standin
+        if standin is None:
+            tokenizer = standin_tokenizer()
+            standin = (standin_guard_model(tokenizer), tokenizer)
+        return standin
+
+    def get_offline() -> Any:
+        nonlocal offline
+        if offline is None:
+            offline = _offline_deps()
+        return offline
+
+    def llm_deps() -> Any:
+        from dataclasses import replace
+
+        from nodes.guards.llama_guard import LlamaGuard
+
+        model, tokenizer = get_standin()
+        _, optimized = standin_backends(model, tokenizer)
+        guard = LlamaGuard(optimized, "llama-guard-3")
+        return replace(get_offline(), input_guard=guard, output_guard=guard, policy=_standin_policy())
+
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if "llm" in sections:
+        steps.append(("llm", lambda: bench_llm_guard_check(*get_standin(), repeats=max(repeats, 3))))
+    if "batch" in sections:
+        steps.append(("batch", lambda: bench_batch(get_offline().input_guard, get_offline().policy, 64, "batch")))
+
+        def llm_batch_step() -> dict[str, Any]:
+            from nodes.guards.llama_guard import LlamaGuard
+
+            model, tokenizer = get_standin()
+            guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
+            return bench_batch(guard, _standin_policy(), llm_batch, "llm_batch")
+
+        steps.append(("llm_batch", llm_batch_step))
+    if "turns" in sections:
+        steps.append(("turns", lambda: bench_turns(get_offline(), repeats, "guarded_turn_ratio")))
+        steps.append(("llm_turns", lambda: bench_turns(llm_deps(), repeats, "llm_guarded_turn_ratio")))
+    if "ttft" in sections:
+        steps.append(("ttft", lambda: bench_ttft(get_offline(), max(repeats, 3))))
+    if "cold" in sections:
+        steps.append(("cold", bench_cold_start))
+    for name, step in steps:
+        log(f"bench: {name}...")
+        started = time.perf_counter()
+        try:
+            results.update(step())
+        except Exception as error:  # one missing piece must not hide the other numbers
+            errors[name] = f"{type(error).__name__}: {error}"
+        log(f"bench: {name} done in {time.perf_counter() - started:.1f}s")
+    results["machine"]["load_average_1m_end"] = machine()["load_average_1m"]
+    if errors:
+        results["errors"] = errors
+    return results
+
+
+GOALS = {
+    "llm_guard_check_speedup": (">=", 5.0),
+    "guarded_turn_ratio": ("<=", 1.05),
+    "llm_guarded_turn_ratio": ("<=", 1.15),
+    "ttft_ratio": ("<=", 1.2),
+    "batch_speedup": (">=", 3.0),
+    "cold_start_s": ("<=", 15.0),
+}
+
+
+def bench_command(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help=f"Run only these sections: {', '.join(SECTIONS)}.")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed rounds per comparison (medians are reported).")] = 3,
+    llm_batch: Annotated[int, typer.Option(help="Checks in the stand-in Llama Guard batch comparison.")] = 16,
+) -> None:
+    """Measure guard overheads side by side on this machine (ratios; see BENCHMARKS.md)."""
+    sections = tuple(only) if only else SECTIONS
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {unknown}: use {', '.join(SECTIONS)}")
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if json_output else (lambda m: print(m, flush=True))
+    results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log)
+    if json_output:
+        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+        return
+    for key, value in results.items():
+        if key in ("machine", "errors"):
+            continue
+        goal = GOALS.get(key)
+        mark = ""
+        if goal and isinstance(value, float):
+            ok = value >= goal[1] if goal[0] == ">=" else value <= goal[1]
+            mark = f"   (goal {goal[0]} {goal[1]}: {'met' if ok else 'NOT met'})"
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"{key:40s} {shown}{mark}")
+    for name, error in results.get("errors", {}).items():
+        print(f"{name:40s} not measured: {error}")
+    print(json.dumps(results["machine"]))
+
+
+if __name__ == "__main__":
+    typer.run(bench_command)
