@@ -293,7 +293,15 @@ def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
 
 def bench_cold_start(repeats: int = 1) -> dict[str, Any]:
     """A fresh ``guardgraph ask`` process with offline defaults, until it exits with the answer."""
-    command = [sys.executable, "-m", "graph.cli", "ask", f"bench-{uuid.uuid4().hex[:8]}", "Hello! What can you do?"]
+    command = [
+        sys.executable,
+        "-m",
+        "graph.cli",
+        "ask",
+        "--thread",
+        f"bench-{uuid.uuid4().hex[:8]}",
+        "Hello! What can you do?",
+    ]
     root = Path(__file__).resolve().parent.parent
     times = []
     for _ in range(repeats):
@@ -342,11 +350,14 @@ def run_bench(
     repeats: int = 3,
     llm_batch: int = 16,
     log: Callable[[str], None] = lambda _: None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the chosen sections; a section that cannot run records its error instead of a number."""
-    from graph.chat_models import configure_torch_threads
+    from graph.chat_models import THREADS_ENV, configure_torch_threads
 
-    configure_torch_threads()
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(threads)  # the cold-start child process uses the same setting
+    configure_torch_threads(threads)
     results: dict[str, Any] = {"machine": machine()}
     errors: dict[str, str] = {}
     standin: tuple[Any, Any] | None = None
@@ -427,6 +438,9 @@ def bench_command(
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed rounds per comparison (medians are reported).")] = 3,
     llm_batch: Annotated[int, typer.Option(help="Checks in the stand-in Llama Guard batch comparison.")] = 16,
+    threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads (default: $GUARDGRAPH_TORCH_THREADS or the CPUs).")
+    ] = None,
 ) -> None:
     """Measure guard overheads side by side on this machine (ratios; see BENCHMARKS.md)."""
     sections = tuple(only) if only else SECTIONS
@@ -434,7 +448,7 @@ def bench_command(
     if unknown:
         raise typer.BadParameter(f"unknown sections {unknown}: use {', '.join(SECTIONS)}")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if json_output else (lambda m: print(m, flush=True))
-    results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log)
+    results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log, threads=threads)
     if json_output:
         sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
         return

@@ -12,6 +12,7 @@ import typer
 from langchain_core.messages import HumanMessage
 from rich.console import Console
 
+from graph.bench import bench_command
 from graph.builder import build_graph
 from graph.cli_eval import eval_command
 from graph.cli_options import TurnError, fail, read_conversation, with_config, write_json
@@ -191,6 +192,7 @@ def chat(
 
 
 app.command("eval")(eval_command)
+app.command("bench")(bench_command)
 
 
 def _show_chunk(shown: list[str], chunk: str) -> None:
