@@ -158,7 +158,7 @@ def load_rows(path: str | Path, limit: int | None = None) -> LoadedRows:
     """Read a JSONL data set; skips refusal/unlabeled rows and raises EvalDataError when nothing is left."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit in text
     except (OSError, UnicodeDecodeError) as error:
         raise EvalDataError(f"{path}: cannot read: {error}") from None
     loaded = LoadedRows(str(path), [])
@@ -315,9 +315,7 @@ def precision_recall_curve(
     return precision, recall, s[last_of_tie]
 
 
-def average_precision(
-    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
-) -> float | None:
+def average_precision(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float | None:
     """AP = sum_n (R_n - R_{n-1}) * P_n over distinct thresholds (R_0 = 0); None without unsafe rows."""
     y = np.asarray(labels, dtype=np.int64)
     if y.size == 0 or not y.any():

@@ -237,6 +237,14 @@ def test_refusal_sets_are_rejected_and_refusal_rows_skipped(tmp_path):
     assert message.startswith("skipped 1 refusal-task rows (labeled compliance/refusal, not safe/unsafe")
 
 
+def test_unicode_line_separators_inside_text_are_not_line_breaks(tmp_path):
+    data = tmp_path / "u2028.jsonl"
+    row = {"id": "a", "task": "prompt", "prompt": "one\u2028two\x85three", "label": "safe"}
+    data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    [loaded] = load_rows(data).rows
+    assert loaded.turns[0].text == "one\u2028two\x85three"
+
+
 def test_malformed_rows_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "task": "prompt", "prompt": "hi", "label": "safe"}\n{not json\n')
@@ -251,9 +259,7 @@ def test_limit_and_progress_callback():
     calls: list[tuple[int, int]] = []
     loaded = load_rows(FIXTURE, limit=5)
     assert [row.id for row in loaded.rows] == ["p1", "p2", "p3", "p4", "p5"]
-    predict_rows(
-        loaded.rows, ScriptedGuard(), POLICY, batch_size=2, progress=lambda d, t: calls.append((d, t))
-    )
+    predict_rows(loaded.rows, ScriptedGuard(), POLICY, batch_size=2, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(2, 5), (4, 5), (5, 5)]
 
 
