@@ -1,0 +1,60 @@
+"""guardgraph bench: the measuring helpers and the stand-in pieces (fast; the real run is `guardgraph bench`)."""
+
+from __future__ import annotations
+
+from graph.bench import GOALS, SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
+from nodes.guards.base import BaseGuard
+from nodes.verdict import Outcome, Verdict
+from policies.loader import load_policy
+from tests.tiny_models import build_llama, build_tokenizer
+
+
+def test_descriptions_policy_has_every_llama_guard_3_category_with_a_description():
+    policy = load_policy("llama-guard-3-descriptions")
+    plain = load_policy("llama-guard-3")
+    assert [(c.code, c.name) for c in policy.categories] == [(c.code, c.name) for c in plain.categories]
+    assert all(c.description and len(c.description) > 20 for c in policy.categories)
+    assert policy.guard_format == "llama-guard-3"
+
+
+def test_interleaved_alternates_and_times_every_round():
+    calls: list[tuple[str, int]] = []
+    times = interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))}, 3)
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert calls[:2] == [("a", 0), ("b", 0)]  # warm-up
+    assert calls[2:4] == [("a", 1), ("b", 1)] and calls[4:6] == [("b", 2), ("a", 2)]
+
+
+class SleepyGuard(BaseGuard):
+    name = "sleepy"
+
+    def _check_batch(self, requests):
+        import time
+
+        time.sleep(0.01)  # a fixed cost per call: batching amortizes it
+        return [Verdict(role=r.role, outcome=Outcome.SAFE) for r in requests]
+
+
+def test_bench_batch_reports_a_speedup():
+    result = bench_batch(SleepyGuard(), load_policy("llama-guard-3"), 8, "batch")
+    assert result["batch_checks"] == 8
+    assert result["batch_speedup"] > 2
+
+
+def test_llm_guard_check_bench_runs_on_a_tiny_model():
+    tokenizer = build_tokenizer()
+    result = bench_llm_guard_check(build_llama(tokenizer), tokenizer, repeats=1)
+    assert result["llm_guard_check_speedup"] > 0
+    assert result["llm_guard_prefix_tokens"] > result["llm_guard_suffix_tokens"]
+
+
+def test_standin_shape_and_goals():
+    assert SMOLLM2_135M_SHAPE["hidden_size"] == 576 and SMOLLM2_135M_SHAPE["num_hidden_layers"] == 30
+    assert set(GOALS) == {
+        "llm_guard_check_speedup",
+        "guarded_turn_ratio",
+        "llm_guarded_turn_ratio",
+        "ttft_ratio",
+        "batch_speedup",
+        "cold_start_s",
+    }
