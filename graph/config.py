@@ -11,7 +11,9 @@ from policies.loader import load_policy
 from policies.model import Policy
 
 DEFAULT_POLICY = "llama-guard-3"
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant."
+# None: the chat model's own template supplies its default system prompt. (SmolLM2-135M, the offline
+# default, answers "What is the capital of France?" with nonsense under a custom system prompt.)
+DEFAULT_SYSTEM_PROMPT: str | None = None
 
 
 class GuardGraphConfig(BaseModel):

@@ -6,11 +6,14 @@ input is unsafe the generation is cancelled and its tokens are dropped unseen.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
@@ -24,6 +27,50 @@ class GenerationCancelled(Exception):
     """Raised inside the producer when the consumer no longer wants tokens."""
 
 
+def _local_pipeline(model: BaseChatModel) -> Any | None:
+    """The transformers pipeline under a ChatHuggingFace model, or None for any other model."""
+    pipeline = getattr(getattr(model, "llm", None), "pipeline", None)
+    return pipeline if pipeline is not None and hasattr(model, "_to_chat_prompt") else None
+
+
+def _generate_locally(
+    model: Any, pipeline: Any, messages: list[BaseMessage], cancelled: threading.Event, put: Any
+) -> None:
+    """Run ``generate`` in this very thread, streaming text to ``put`` and stopping at the next token once
+    cancelled; so when this returns no model thread is left running (ChatHuggingFace streams from a
+    thread of its own that nothing can stop or join)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+    class QueueStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text and not cancelled.is_set():
+                put(text)
+
+    class StopWhenCancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+            return cancelled.is_set()
+
+    streamer = QueueStreamer(pipeline.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pipeline(
+        model._to_chat_prompt(messages),
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+    )
+
+
+_LIVE: weakref.WeakSet[BackgroundGeneration] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_generations() -> None:
+    """At exit, end running generations so no model thread is cut off inside torch."""
+    for generation in list(_LIVE):
+        generation.cancel()
+    for generation in list(_LIVE):
+        generation.join(timeout_s=10.0)
+
+
 class BackgroundGeneration:
     """Streams ``model`` over ``messages`` into a queue from a daemon thread."""
 
@@ -32,9 +79,22 @@ class BackgroundGeneration:
         self._cancel = threading.Event()
         self.started_at = time.perf_counter()
         self._thread = threading.Thread(target=self._produce, args=(model, list(messages)), daemon=True)
+        _LIVE.add(self)
         self._thread.start()
 
     def _produce(self, model: BaseChatModel, messages: list[BaseMessage]) -> None:
+        try:
+            pipeline = _local_pipeline(model)
+            if pipeline is not None:
+                _generate_locally(model, pipeline, messages, self._cancel, self._queue.put)
+            else:
+                self._stream(model, messages)
+        except BaseException as error:  # handed to the consumer, which decides what the user sees
+            self._queue.put(error)
+        finally:
+            self._queue.put(_DONE)
+
+    def _stream(self, model: BaseChatModel, messages: list[BaseMessage]) -> None:
         stream = model.stream(messages)
         try:
             for chunk in stream:
@@ -43,13 +103,10 @@ class BackgroundGeneration:
                 text = content_text(chunk.content)
                 if text:
                     self._queue.put(text)
-        except BaseException as error:  # handed to the consumer, which decides what the user sees
-            self._queue.put(error)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-            self._queue.put(_DONE)
 
     def cancel(self) -> None:
         """Stop generating; whatever was produced is dropped."""
@@ -58,6 +115,9 @@ class BackgroundGeneration:
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        self._thread.join(timeout_s)
 
     def tokens(self) -> Iterator[str]:
         """The generated text pieces in order; re-raises the model's error, if any."""
