@@ -18,7 +18,7 @@ from langgraph.config import get_stream_writer
 
 from nodes.conversation import GuardRequest, Turn, turns_from_messages, window
 from nodes.generation import BackgroundGeneration, SpeculationRegistry
-from nodes.guard_node import GuardNodeSettings, run_guard
+from nodes.guard_node import GuardNodeSettings, run_guard, thread_of
 from nodes.guards.base import Guard
 from nodes.speculation import chat_messages, turn_key
 from nodes.streaming import Chunking, release_guarded
@@ -55,7 +55,8 @@ def make_chat_node(deps: ChatNodeDeps) -> Callable[[dict[str, Any], RunnableConf
 
         def check(reply: str) -> Verdict:
             turns = window((*earlier, Turn("assistant", reply)), deps.output_settings.window_turns)
-            return run_guard(deps.output_guard, GuardRequest("Agent", turns, deps.policy), deps.output_settings)
+            request = GuardRequest("Agent", turns, deps.policy)
+            return run_guard(deps.output_guard, request, deps.output_settings, thread_of(config))
 
         try:
             if not stream_tokens_requested(config):
