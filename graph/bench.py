@@ -379,12 +379,14 @@ def run_bench(
     def llm_deps() -> Any:
         from dataclasses import replace
 
+        from graph.config import GuardGraphConfig
+        from graph.models import build_deps
         from nodes.guards.llama_guard import LlamaGuard
 
         model, tokenizer = get_standin()
-        _, optimized = standin_backends(model, tokenizer)
-        guard = LlamaGuard(optimized, "llama-guard-3")
-        return replace(get_offline(), input_guard=guard, output_guard=guard, policy=_standin_policy())
+        guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
+        deps = build_deps(GuardGraphConfig(policy=STANDIN_POLICY), guard=guard)
+        return replace(deps, policy=_standin_policy())
 
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
     if "llm" in sections:
