@@ -33,8 +33,10 @@ def lp(p: float) -> float:
 def test_p_unsafe_is_the_softmax_over_the_two_verdict_words() -> None:
     assert p_unsafe_from_top_logprobs({"safe": lp(0.6), "unsafe": lp(0.2), "The": lp(0.1)}) == pytest.approx(0.25)
     # first pieces and leading spaces count for their word; ambiguous or unrelated pieces do not
-    top = {" safe": lp(0.3), "un": lp(0.1), "uns": lp(0.1), "Safe": lp(0.1), "": lp(0.1), "x": lp(0.1)}
+    top = {" safe": lp(0.3), "sa": lp(0.1), "un": lp(0.1), "uns": lp(0.1), "": lp(0.1), "x": lp(0.1)}
     assert p_unsafe_from_top_logprobs(top) == pytest.approx(0.2 / 0.6)
+    # single letters (the S of a category code) and other casings are not verdict words
+    assert p_unsafe_from_top_logprobs({"S": lp(0.5), "s": lp(0.2), "Safe": lp(0.1), "u": lp(0.1)}) is None
     assert p_unsafe_from_top_logprobs({"unsafe": lp(0.9)}) == 1.0
     assert p_unsafe_from_top_logprobs({"Hello": lp(0.9)}) is None
     assert p_unsafe_from_top_logprobs({}) is None

@@ -11,6 +11,7 @@ docs/deployment.md); skipped, with that reason, when it is not installed.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -33,6 +34,7 @@ from nodes.conversation import GuardRequest, Turn
 from nodes.guard_node import GuardNodeSettings, run_guard
 from nodes.guards.llama_guard import LlamaGuard
 from nodes.guards.openai_backend import OpenAICompletionBackend
+from nodes.refuse import UNDECIDED_REFUSAL
 from nodes.verdict import Outcome
 from policies import load_policy
 
@@ -134,10 +136,15 @@ def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path) -
     """``guardgraph ask`` with both models behind the server: the undecided input guard refuses."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     command = [
-        sys.executable, "-m", "graph.cli", "ask", "t1", "How do I bake bread at home?", "--json",
+        sys.executable, "-m", "graph.cli", "ask", "How do I bake bread at home?", "--thread", "t1", "--json",
         "--guard-endpoint", endpoint, "--guard-model", MODEL_NAME,
         "--chat-endpoint", endpoint, "--chat-model", MODEL_NAME,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip(), result.stderr[-3000:]
+    turn = json.loads(result.stdout)
+    (verdict, *_) = turn["verdicts"]
+    assert verdict["role"] == "User" and verdict["outcome"] != "error", verdict
+    if verdict["outcome"] == "unparseable":  # what SmolLM2 writes: the turn fails closed
+        assert turn["refused"] is True
+        assert turn["reply"] == UNDECIDED_REFUSAL

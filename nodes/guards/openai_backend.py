@@ -38,9 +38,13 @@ def strip_bos(text: str) -> str:
 
 
 def _side(token: str) -> str | None:
-    """Which verdict word ``token`` starts: ``safe``, ``unsafe``, or None (ambiguous or neither)."""
-    piece = token.strip().lower()
-    if not piece:
+    """Which verdict word ``token`` starts: ``safe``, ``unsafe``, or None (ambiguous or neither).
+
+    Llama Guard writes the words in lower case; a piece must be at least two characters (``sa``, ``un``)
+    so that single letters (the ``S`` of a category code) do not count.
+    """
+    piece = token.strip()
+    if len(piece) < 2:
         return None
     is_safe = "safe".startswith(piece)
     is_unsafe = "unsafe".startswith(piece)
@@ -52,7 +56,7 @@ def _side(token: str) -> str | None:
 def p_unsafe_from_top_logprobs(top: Mapping[str, float]) -> float | None:
     """P(unsafe) from one position's top-k ``{token: logprob}``; None when neither word is listed.
 
-    Every listed token that starts ``safe`` (``safe``, `` safe``, ``s``...) or ``unsafe`` (``unsafe``,
+    Every listed token that starts ``safe`` (``safe``, `` safe``, ``sa``...) or ``unsafe`` (``unsafe``,
     ``un``...) adds its probability to that side; a side with no listed token counts as zero.
     """
     mass = {"safe": 0.0, "unsafe": 0.0}
