@@ -217,11 +217,11 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
 # --------------------------------------------------------------------------- whole turns
 
 
-def _offline_deps() -> Any:
+def _offline_deps(**settings: Any) -> Any:
     from graph.config import GuardGraphConfig
     from graph.models import build_deps
 
-    return build_deps(GuardGraphConfig())
+    return build_deps(GuardGraphConfig(**settings))
 
 
 def _chat_messages(deps: Any, text: str) -> list[Any]:
@@ -258,32 +258,37 @@ def bench_turns(deps: Any, repeats: int, key: str) -> dict[str, Any]:
 
 
 def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
-    """Time to the first streamed reply text: guarded graph ÷ the chat model's own stream."""
+    """Time to the first streamed reply text: guarded graph ÷ the chat model's own stream.
+
+    Both streams are read to the end (only the first text's time is kept), so no half-finished turn
+    keeps generating in the background while the next one is timed.
+    """
     from langchain_core.messages import HumanMessage
 
     from graph.builder import build_graph
 
     graph = build_graph(deps)
+    firsts: dict[str, list[float]] = {"guarded": [], "unguarded": []}
 
     def guarded(i: int) -> None:
         config = {"configurable": {"thread_id": uuid.uuid4().hex}}
-        stream = graph.stream(
-            {"messages": [HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])]}, config, stream_mode="custom"
-        )
-        for event in stream:
-            if isinstance(event, dict) and event.get("guardgraph") == "token" and event.get("text"):
-                break
-        stream.close()
+        started, first = time.perf_counter(), None
+        text = USER_MESSAGES[i % len(USER_MESSAGES)]
+        for event in graph.stream({"messages": [HumanMessage(text)]}, config, stream_mode="custom"):
+            if first is None and isinstance(event, dict) and event.get("guardgraph") == "token" and event.get("text"):
+                first = time.perf_counter() - started
+        firsts["guarded"].append(first if first is not None else float("nan"))
 
     def unguarded(i: int) -> None:
-        stream = deps.chat_model.stream(_chat_messages(deps, USER_MESSAGES[i % len(USER_MESSAGES)]))
-        for chunk in stream:
-            if chunk.content:
-                break
-        stream.close()  # type: ignore[attr-defined]
+        started, first = time.perf_counter(), None
+        for chunk in deps.chat_model.stream(_chat_messages(deps, USER_MESSAGES[i % len(USER_MESSAGES)])):
+            if first is None and chunk.content:
+                first = time.perf_counter() - started
+        firsts["unguarded"].append(first if first is not None else float("nan"))
 
-    times = interleaved({"guarded": guarded, "unguarded": unguarded}, repeats)
-    guarded_s, unguarded_s = _median(times["guarded"]), _median(times["unguarded"])
+    interleaved({"guarded": guarded, "unguarded": unguarded}, repeats)
+    guarded_s = _median(firsts["guarded"][-repeats:])
+    unguarded_s = _median(firsts["unguarded"][-repeats:])
     return {
         "ttft_ratio": guarded_s / unguarded_s,
         "ttft_guarded_ms": guarded_s * 1000,
@@ -406,7 +411,7 @@ def run_bench(
         steps.append(("turns", lambda: bench_turns(get_offline(), repeats, "guarded_turn_ratio")))
         steps.append(("llm_turns", lambda: bench_turns(llm_deps(), repeats, "llm_guarded_turn_ratio")))
     if "ttft" in sections:
-        steps.append(("ttft", lambda: bench_ttft(get_offline(), max(repeats, 3))))
+        steps.append(("ttft", lambda: bench_ttft(_offline_deps(max_new_tokens=48), max(repeats, 3))))
     if "cold" in sections:
         steps.append(("cold", bench_cold_start))
     for name, step in steps:
