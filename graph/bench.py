@@ -37,7 +37,7 @@ import typer
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 STANDIN_POLICY = "llama-guard-3-descriptions"
-SMOLLM2_135M_SHAPE = {
+SMOLLM2_135M_SHAPE: dict[str, Any] = {
     "hidden_size": 576,
     "intermediate_size": 1536,
     "num_hidden_layers": 30,
@@ -240,7 +240,7 @@ def bench_turns(deps: Any, repeats: int, key: str) -> dict[str, Any]:
     refused: list[bool] = []
 
     def guarded(i: int) -> None:
-        config = {"configurable": {"thread_id": uuid.uuid4().hex, "stream_tokens": False}}
+        config: Any = {"configurable": {"thread_id": uuid.uuid4().hex, "stream_tokens": False}}
         state = graph.invoke({"messages": [HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])]}, config)
         refused.append(bool(state.get("refused")))
 
@@ -271,7 +271,7 @@ def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
     firsts: dict[str, list[float]] = {"guarded": [], "unguarded": []}
 
     def guarded(i: int) -> None:
-        config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        config: Any = {"configurable": {"thread_id": uuid.uuid4().hex}}
         started, first = time.perf_counter(), None
         text = USER_MESSAGES[i % len(USER_MESSAGES)]
         for event in graph.stream({"messages": [HumanMessage(text)]}, config, stream_mode="custom"):

@@ -73,9 +73,9 @@ def _category_thresholds(prompt: GuardPrompt) -> Mapping[str, float]:
     return value if isinstance(value, Mapping) else {}
 
 
-def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mapping[str, float] = ()) -> bool:
+def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mapping[str, float] | None = None) -> bool:
     """Whether P(unsafe) is high enough to ask for the categories (the lowest threshold in play)."""
-    lowest = min([threshold, *dict(category_thresholds).values()])
+    lowest = min([threshold, *(category_thresholds or {}).values()])
     return p_unsafe >= lowest
 
 
@@ -102,9 +102,7 @@ class TransformersBackend:
             raise ValueError(f"mode must be 'optimized' or 'naive', got {mode!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.name = (
-            name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-        )
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.mode = mode
         self.prefix_cache_size = prefix_cache_size
         self.max_new_tokens = max_new_tokens
@@ -156,7 +154,7 @@ class TransformersBackend:
         else:
             model = AutoModelForCausalLM.from_pretrained(model_id_or_path, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(model_id_or_path)
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
         kwargs.setdefault("name", str(model_id_or_path))
         return cls(model, tokenizer, **kwargs)
 
@@ -185,9 +183,7 @@ class TransformersBackend:
         if not text:
             return []
         with self._lock:
-            return list(
-                self.tokenizer(text, add_special_tokens=False, split_special_tokens=not template)["input_ids"]
-            )
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not template)["input_ids"])
 
     def _template_tail_start(self, suffix: str, fmt: GuardFormat) -> int:
         """Where the template's closing special tokens begin in ``suffix`` (``len(suffix)`` if none)."""
@@ -201,9 +197,7 @@ class TransformersBackend:
     def encode(self, prompt: GuardPrompt, fmt: GuardFormat) -> tuple[list[int], list[int]]:
         """(prefix ids, suffix ids) of a rendered prompt, without the verdict lead."""
         tail = self._template_tail_start(prompt.suffix, fmt)
-        suffix_ids = self._ids(prompt.suffix[:tail], template=False) + self._ids(
-            prompt.suffix[tail:], template=True
-        )
+        suffix_ids = self._ids(prompt.suffix[:tail], template=False) + self._ids(prompt.suffix[tail:], template=True)
         return self._ids(prompt.prefix, template=True), suffix_ids
 
     def verdict_tokens(self, fmt: GuardFormat) -> VerdictTokens:
@@ -318,9 +312,7 @@ class TransformersBackend:
         self.stats["forward_tokens"] += batch * width
         return out.logits[:, -1, :].float(), out.past_key_values, mask, positions[:, -1] + 1
 
-    def verdict_logits(
-        self, prompts: Sequence[GuardPrompt], fmt: GuardFormat, cached: bool = True
-    ) -> torch.Tensor:
+    def verdict_logits(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat, cached: bool = True) -> torch.Tensor:
         """Last-position logits [B, V] at the verdict position (for tests and diagnostics)."""
         tokens = self.verdict_tokens(fmt)
         encoded = [self.encode(p, fmt) for p in prompts]
@@ -331,9 +323,7 @@ class TransformersBackend:
             result: list[torch.Tensor | None] = [None] * len(prompts)
             for prefix, idx in groups.items():
                 entry = self.prefix_entry(prefix, encoded[idx[0]][0])
-                logits, *_ = self._forward_suffixes(
-                    entry, [encoded[i][1] + list(tokens.shared) for i in idx], False
-                )
+                logits, *_ = self._forward_suffixes(entry, [encoded[i][1] + list(tokens.shared) for i in idx], False)
                 for row, i in enumerate(idx):
                     result[i] = logits[row]
             return torch.stack([r for r in result if r is not None])
