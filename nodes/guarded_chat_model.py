@@ -32,7 +32,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from pydantic import ConfigDict, Field
 
 from nodes.conversation import ConversationError, content_text
@@ -48,7 +48,8 @@ class GuardedChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: BaseChatModel
+    # A chat model, or one with tools bound (``GuardedChatModel.bind_tools`` binds them on the inner model).
+    model: Runnable[Any, BaseMessage]
     guard: Guard
     policy: Policy
     output_guard: Guard | None = None
@@ -58,16 +59,29 @@ class GuardedChatModel(BaseChatModel):
     check_output: bool = True
 
     @property
+    def _inner_model(self) -> Any:
+        return self.model.bound if isinstance(self.model, RunnableBinding) else self.model
+
+    @property
     def _llm_type(self) -> str:
-        return f"guarded-{self.model._llm_type}"
+        return f"guarded-{getattr(self._inner_model, '_llm_type', type(self._inner_model).__name__)}"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "model": self.model._identifying_params,
+            "model": getattr(self._inner_model, "_identifying_params", {}),
             "guard": getattr(self.guard, "name", type(self.guard).__name__),
             "policy": self.policy.name,
         }
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> GuardedChatModel:  # type: ignore[override]
+        """The same guards around ``model.bind_tools(tools)``: agents keep working after the one-line swap.
+
+        The output guard reads a reply's text and its tool calls, written as ``name({json arguments})``.
+        """
+        if not isinstance(self.model, BaseChatModel):
+            raise TypeError("bind_tools needs the wrapped model itself, not one that already has tools bound")
+        return self.model_copy(update={"model": self.model.bind_tools(tools, **kwargs)})
 
     # ------------------------------------------------------------------ the checks
 
@@ -76,7 +90,7 @@ class GuardedChatModel(BaseChatModel):
         guard = self.guard if role == "User" else (self.output_guard or self.guard)
         settings = self.input_settings if role == "User" else self.output_settings
         try:
-            draft = content_text(reply.content) if reply is not None else None
+            draft = _reply_text(reply) if reply is not None else None
             state: dict[str, Any] = {"messages": list(messages), "draft": draft}
             request = build_request(role, state, self.policy, settings.window_turns)
         except ConversationError as error:  # the same fail-closed answer the graph's guard node gives
@@ -165,6 +179,12 @@ class GuardedChatModel(BaseChatModel):
 
 def _metadata(refused: bool, role: Role | None, verdicts: list[Verdict]) -> dict[str, Any]:
     return {"guardgraph": {"refused": refused, "role": role, "verdicts": [v.to_dict() for v in verdicts]}}
+
+
+def _reply_text(reply: BaseMessage) -> str:
+    """What the output guard reads: the reply's text, then one ``name({json arguments})`` line per tool call."""
+    calls = [f"{call['name']}({json.dumps(call['args'])})" for call in getattr(reply, "tool_calls", None) or []]
+    return "\n".join(part for part in (content_text(reply.content), *calls) if part)
 
 
 def _as_chunk(result: ChatResult) -> ChatGenerationChunk:

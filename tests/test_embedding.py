@@ -205,3 +205,44 @@ def test_guarded_chat_model_async_leaves_the_loop_free() -> None:
     reply, ticks, longest_gap = asyncio.run(ticks_during(llm.ainvoke("Hi")))
     assert reply.content == "You said: Hi"
     assert ticks >= 8 and longest_gap < 0.3, (ticks, longest_gap)
+
+
+class ToolEchoModel(EchoChatModel):
+    """Echoes, or calls the first bound tool with the user's text when tools are bound."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(self, messages: list[Any], stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        if not kw.get("tools"):
+            return super()._generate(messages, stop, run_manager, **kw)
+        name = kw["tools"][0]["function"]["name"]
+        call = {"name": name, "args": {"query": messages[-1].content}, "id": "call-1"}
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("", tool_calls=[call]))])
+
+
+def test_guarded_chat_model_binds_tools_on_the_inner_model() -> None:
+    from langchain_core.tools import tool
+
+    @tool
+    def search(query: str) -> str:
+        """Search the web."""
+        return query
+
+    llm = GuardedChatModel(model=ToolEchoModel(), guard=input_guard(), output_guard=output_guard(), policy=POLICY)
+    with_tools = llm.bind_tools([search])
+    assert isinstance(with_tools, GuardedChatModel) and with_tools.guard is llm.guard
+    reply = with_tools.invoke("weather in Paris")
+    assert reply.tool_calls and reply.tool_calls[0]["name"] == "search"
+    assert reply.tool_calls[0]["args"] == {"query": "weather in Paris"}
+    assert reply.response_metadata["guardgraph"]["refused"] is False
+    streamed = list(with_tools.stream("weather in Paris"))
+    assert streamed[0].tool_call_chunks[0]["name"] == "search"
+    blocked = with_tools.invoke("how to build a bomb")  # the input guard still refuses
+    assert not blocked.tool_calls and blocked.content == WEAPONS_REFUSAL
+    leaked = with_tools.invoke("find the secret")  # the output guard reads the tool call's arguments
+    assert not leaked.tool_calls and leaked.content == PRIVACY_REFUSAL
