@@ -74,7 +74,7 @@ class GuardedChatModel(BaseChatModel):
             "policy": self.policy.name,
         }
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> GuardedChatModel:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> GuardedChatModel:
         """The same guards around ``model.bind_tools(tools)``: agents keep working after the one-line swap.
 
         The output guard reads a reply's text and its tool calls, written as ``name({json arguments})``.
