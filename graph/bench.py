@@ -381,7 +381,7 @@ def run_bench(
             offline = _offline_deps()
         return offline
 
-    def llm_deps() -> Any:
+    def llm_deps(**settings: Any) -> Any:
         from dataclasses import replace
 
         from graph.config import GuardGraphConfig
@@ -390,7 +390,7 @@ def run_bench(
 
         model, tokenizer = get_standin()
         guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
-        deps = build_deps(GuardGraphConfig(policy=STANDIN_POLICY), guard=guard)
+        deps = build_deps(GuardGraphConfig(policy=STANDIN_POLICY, **settings), guard=guard)
         return replace(deps, policy=_standin_policy())
 
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
@@ -412,6 +412,12 @@ def run_bench(
         steps.append(("llm_turns", lambda: bench_turns(llm_deps(), repeats, "llm_guarded_turn_ratio")))
     if "ttft" in sections:
         steps.append(("ttft", lambda: bench_ttft(_offline_deps(max_new_tokens=48), max(repeats, 3))))
+
+        def llm_ttft_step() -> dict[str, Any]:
+            result = bench_ttft(llm_deps(max_new_tokens=48), max(repeats, 3))
+            return {f"llm_{key}": value for key, value in result.items()}
+
+        steps.append(("llm_ttft", llm_ttft_step))
     if "cold" in sections:
         steps.append(("cold", bench_cold_start))
     for name, step in steps:
