@@ -18,6 +18,9 @@ named ``GUARDGRAPH_`` + the field in capitals; unset means the CLI's default (of
 - ``GUARDGRAPH_SYSTEM_PROMPT`` (empty: none), ``GUARDGRAPH_WINDOW_TURNS``, ``GUARDGRAPH_DESCRIPTIONS``
 - ``GUARDGRAPH_FAIL_OPEN``, ``GUARDGRAPH_SHADOW``, ``GUARDGRAPH_AUDIT``, ``GUARDGRAPH_AUDIT_CONTENT``
 
+``GUARDGRAPH_SERVER_PRELOAD=true`` (set in ``langgraph.json``) starts building the graph in a background
+thread as soon as the server imports this module, so the first run does not wait for the models.
+
 ``GUARDGRAPH_SERVER_FACTORY=package.module:function`` replaces the model setup: the function takes
 no arguments and returns the :class:`graph.builder.GuardedChatDeps` to build the graph from (tests
 use it to serve scripted models).
@@ -39,8 +42,10 @@ from graph.config import GuardGraphConfig
 
 ENV_PREFIX = "GUARDGRAPH_"
 FACTORY_ENV = "GUARDGRAPH_SERVER_FACTORY"
+PRELOAD_ENV = "GUARDGRAPH_SERVER_PRELOAD"
 # The server owns persistence: a checkpointer file makes no sense here.
 SERVER_IGNORED_FIELDS = frozenset({"db"})
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 _lock = threading.Lock()
 _graph: CompiledStateGraph | None = None
@@ -106,3 +111,14 @@ def __getattr__(name: str) -> Any:
     if name == "graph":
         return get_graph()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def preload() -> threading.Thread:
+    """Build the graph in a background thread (errors surface again on the first real use)."""
+    thread = threading.Thread(target=get_graph, name="guardgraph-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+if os.environ.get(PRELOAD_ENV, "").strip().lower() in TRUE_WORDS:
+    preload()
