@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             optim.step()
             sched.step()
             step += 1
-            running += float(loss)
+            running += loss.item()
             if step % 200 == 0:
                 elapsed = time.time() - started
                 print(f"epoch {epoch} step {step}/{total} loss {running / 200:.4f} {elapsed:.0f}s", flush=True)
