@@ -40,21 +40,40 @@ class ExampleClassifier:
     """P(text belongs to an example-defined category), from its examples vs look-alikes and benign text."""
 
     def __init__(self, pos: np.ndarray, counter: np.ndarray, other: np.ndarray, generic: np.ndarray, c: float = 100.0):
-        from sklearn.linear_model import LogisticRegression
-
         parts = [(pos, 1, 1.0), (counter, 0, 0.45), (other, 0, 0.15), (generic, 0, 0.4)]
         xs, ys, ws = [], [], []
         for x, label, total in parts:
             if len(x):
                 xs.append(x)
-                ys.append(np.full(len(x), label))
+                ys.append(np.full(len(x), float(label)))
                 ws.append(np.full(len(x), total / len(x)))
         weights = np.concatenate(ws)
-        self.model = LogisticRegression(C=c, max_iter=5000)
-        self.model.fit(np.vstack(xs), np.concatenate(ys), sample_weight=weights * len(weights) / weights.sum())
+        self.w, self.b = _fit_logistic(np.vstack(xs), np.concatenate(ys), weights * len(weights) / weights.sum(), c)
 
     def __call__(self, emb: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(emb)[:, 1]
+        return _sigmoid(emb.astype(np.float64) @ self.w + self.b)
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """L2-regularized logistic regression (sklearn's objective: C * weighted log-loss + ||w||^2 / 2), by L-BFGS."""
+    xt = torch.tensor(x, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    st = torch.tensor(sample_weight, dtype=torch.float64)
+    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=1000, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = xt @ w + b
+        loss = c * (st * torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, reduction="none")).sum()
+        loss = loss + 0.5 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().numpy(), float(b.detach())
 
 
 class OfflineGuard(BaseGuard):

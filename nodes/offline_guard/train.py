@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from sklearn.metrics import average_precision_score
 
 from nodes.offline_guard.data import generic_benign_texts, load_contrast, load_train_rows, split, synth_refusals
 from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base
@@ -78,6 +77,18 @@ def predict(net: GuardNet, lower: list[torch.Tensor], batch_size: int = 128) -> 
             hidden, mask = collate(lower, chunk)
             out[chunk] = net.upper(hidden, mask).numpy()
     return out
+
+
+def average_precision_score(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve, as the mean precision at each positive (sklearn's definition)."""
+    order = np.argsort(-score, kind="mergesort")
+    y, score = y[order], score[order]
+    distinct = np.r_[np.nonzero(np.diff(score))[0], len(y) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
