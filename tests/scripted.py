@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import Field
 
 from nodes.conversation import GuardRequest
 from nodes.formats import GuardFormat
@@ -60,7 +61,7 @@ class ScriptedChatModel(BaseChatModel):
     replies: list[list[str]]
     delay_s: float = 0.0
     fail: bool = False
-    log: list[tuple[str, float, str]] = []  # (event, time, detail)
+    log: list[tuple[str, float, str]] = Field(default_factory=list)  # (event, time, detail)
 
     @property
     def _llm_type(self) -> str:

@@ -43,7 +43,7 @@ def turn(graph: object, text: str, thread: str = "t1") -> dict:
 
 
 def test_safe_turn_passes_all_three_nodes() -> None:
-    graph, chat = make_graph(["Paris is the capital of France."])
+    graph, _ = make_graph(["Paris is the capital of France."])
     state = turn(graph, "What is the capital of France?")
     assert [m.type for m in state["messages"]] == ["human", "ai"]
     assert state["messages"][-1].content == "Paris is the capital of France."

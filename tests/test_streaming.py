@@ -110,7 +110,7 @@ def test_generation_starts_while_the_input_guard_runs() -> None:
     model = ScriptedChatModel(replies=[["Hello ", "there."]])
     log = model.log
     input_guard = SlowGuard(scripted_llama_guard(), 0.3, log)
-    released, final = stream_turn(make(model, input_guard=input_guard), "Hi")
+    released, _ = stream_turn(make(model, input_guard=input_guard), "Hi")
     start = next(t for e, t, _ in log if e == "start")
     guard_end = next(t for e, t, _ in log if e == "guard-end")
     assert start < guard_end  # speculative generation overlapped the input check

@@ -24,8 +24,6 @@ from nodes.verdict import Outcome, Verdict
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
 LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions
 DEFAULT_WINDOW_CHARS = LLAMA_GUARD_TOKENS * CHARS_PER_TOKEN // 2  # half for the message, half for context
-OFFLINE_WINDOW_CHARS = 1500
-OFFLINE_OVERLAP_CHARS = 300
 
 # Worst first: the order in which window outcomes decide the message's outcome.
 _SEVERITY = {Outcome.UNSAFE: 4, Outcome.ERROR: 3, Outcome.UNPARSEABLE: 2, Outcome.BYPASS: 1, Outcome.SAFE: 0}

@@ -80,6 +80,10 @@ class OfflineGuard(BaseGuard):
     """Fine-tuned all-MiniLM-L6-v2 guard; one encoder forward per check."""
 
     name = "offline-minilm"
+    # The encoder reads 128 tokens (an Agent check: 40 of the prompt, the rest of the reply), so long text is
+    # checked by ``nodes.guards.windowed`` in windows that fit: ~4 characters a token, with margin.
+    max_input_chars = 320
+    window_overlap_chars = 80
 
     def __init__(self, artifact_dir: Path | None = None, device: str = "cpu"):
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else DEFAULT_ARTIFACT
