@@ -6,7 +6,7 @@ reads these records and is the only code that builds a prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 TASK_LINE_V1 = (
     "Task: Check if there is unsafe content in '{role}' messages in conversations according our safety "
@@ -48,75 +48,56 @@ class GuardFormat:
     special_tokens: tuple[str, ...]
 
 
+LLAMA_GUARD_1 = GuardFormat(
+    name="llama-guard-1",
+    prefix="[INST] ",
+    task_line=TASK_LINE_V1,
+    category_line_end="",
+    conversation_open="<BEGIN CONVERSATION>\n\n",
+    turn_end="",
+    instruction=INSTRUCTION_V1,
+    suffix=" [/INST]",
+    default_policy="llama-guard-1",
+    verdict_lead="",
+    special_tokens=("<s>", "</s>", "<unk>"),
+)
+# Each later version is written as what it changes from the one before.
+LLAMA_GUARD_2 = replace(
+    LLAMA_GUARD_1,
+    name="llama-guard-2",
+    category_line_end=" ",
+    instruction=INSTRUCTION_V2,
+    default_policy="llama-guard-2",
+    special_tokens=("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
+)
+LLAMA_GUARD_3 = replace(
+    LLAMA_GUARD_2,
+    name="llama-guard-3",
+    prefix=LLAMA3_USER_HEADER,
+    category_line_end="",
+    suffix="<|eot_id|>" + LLAMA3_ASSISTANT_HEADER,
+    default_policy="llama-guard-3",
+    verdict_lead="\n\n",
+    special_tokens=(),
+)
+LLAMA_GUARD_3_1B = replace(
+    LLAMA_GUARD_3,
+    name="llama-guard-3-1b",
+    suffix=" <|eot_id|>" + LLAMA3_ASSISTANT_HEADER,
+    default_policy="llama-guard-3-1b",
+)
+LLAMA_GUARD_4 = replace(
+    LLAMA_GUARD_3,
+    name="llama-guard-4",
+    prefix=LLAMA4_USER_HEADER,
+    task_line=TASK_LINE_V4,
+    conversation_open="<BEGIN CONVERSATION>\n",
+    turn_end="\\n\\n",
+    suffix=" <|eot|>" + LLAMA4_ASSISTANT_HEADER,
+    default_policy="llama-guard-4",
+)
 FORMATS: dict[str, GuardFormat] = {
-    fmt.name: fmt
-    for fmt in (
-        GuardFormat(
-            name="llama-guard-1",
-            prefix="[INST] ",
-            task_line=TASK_LINE_V1,
-            category_line_end="",
-            conversation_open="<BEGIN CONVERSATION>\n\n",
-            turn_end="",
-            instruction=INSTRUCTION_V1,
-            suffix=" [/INST]",
-            default_policy="llama-guard-1",
-            verdict_lead="",
-            special_tokens=("<s>", "</s>", "<unk>"),
-        ),
-        GuardFormat(
-            name="llama-guard-2",
-            prefix="[INST] ",
-            task_line=TASK_LINE_V1,
-            category_line_end=" ",
-            conversation_open="<BEGIN CONVERSATION>\n\n",
-            turn_end="",
-            instruction=INSTRUCTION_V2,
-            suffix=" [/INST]",
-            default_policy="llama-guard-2",
-            verdict_lead="",
-            special_tokens=("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
-        ),
-        GuardFormat(
-            name="llama-guard-3",
-            prefix=LLAMA3_USER_HEADER,
-            task_line=TASK_LINE_V1,
-            category_line_end="",
-            conversation_open="<BEGIN CONVERSATION>\n\n",
-            turn_end="",
-            instruction=INSTRUCTION_V2,
-            suffix="<|eot_id|>" + LLAMA3_ASSISTANT_HEADER,
-            default_policy="llama-guard-3",
-            verdict_lead="\n\n",
-            special_tokens=(),
-        ),
-        GuardFormat(
-            name="llama-guard-3-1b",
-            prefix=LLAMA3_USER_HEADER,
-            task_line=TASK_LINE_V1,
-            category_line_end="",
-            conversation_open="<BEGIN CONVERSATION>\n\n",
-            turn_end="",
-            instruction=INSTRUCTION_V2,
-            suffix=" <|eot_id|>" + LLAMA3_ASSISTANT_HEADER,
-            default_policy="llama-guard-3-1b",
-            verdict_lead="\n\n",
-            special_tokens=(),
-        ),
-        GuardFormat(
-            name="llama-guard-4",
-            prefix=LLAMA4_USER_HEADER,
-            task_line=TASK_LINE_V4,
-            category_line_end="",
-            conversation_open="<BEGIN CONVERSATION>\n",
-            turn_end="\\n\\n",
-            instruction=INSTRUCTION_V2,
-            suffix=" <|eot|>" + LLAMA4_ASSISTANT_HEADER,
-            default_policy="llama-guard-4",
-            verdict_lead="\n\n",
-            special_tokens=(),
-        ),
-    )
+    fmt.name: fmt for fmt in (LLAMA_GUARD_1, LLAMA_GUARD_2, LLAMA_GUARD_3, LLAMA_GUARD_3_1B, LLAMA_GUARD_4)
 }
 
 
