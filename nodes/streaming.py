@@ -19,7 +19,7 @@ SENTENCE_ENDS = (".", "!", "?", "\n", ":", ";")
 class Chunking:
     """When to check: after ``first_chunk_tokens`` pieces, then at sentence ends or every ``max_chunk_tokens``."""
 
-    first_chunk_tokens: int = 2
+    first_chunk_tokens: int = 1
     min_chunk_tokens: int = 4
     max_chunk_tokens: int = 32
 

@@ -6,8 +6,8 @@ LangChain model) shares the same prompt bytes and the same fail-closed parsing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from nodes.conversation import GuardRequest
@@ -25,6 +25,7 @@ class GuardPrompt:
     prefix: str
     suffix: str
     threshold: float = 0.5
+    category_thresholds: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -64,7 +65,9 @@ class LlamaGuard(BaseGuard):
 
     def render(self, request: GuardRequest) -> GuardPrompt:
         prefix, suffix = render_parts(request, self.format, self.descriptions)
-        return GuardPrompt(prefix, suffix, request.policy.threshold)
+        policy = request.policy
+        per_category = {c.code: c.threshold for c in policy.active_categories if c.threshold is not None}
+        return GuardPrompt(prefix, suffix, policy.threshold, per_category)
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         completions = self.backend.complete([self.render(r) for r in requests], self.format)

@@ -67,12 +67,6 @@ class _Encoded:
     suffix_ids: list[int]
 
 
-def _category_thresholds(prompt: GuardPrompt) -> Mapping[str, float]:
-    """Per-category thresholds when the prompt carries them (``category_thresholds``), else none."""
-    value = getattr(prompt, "category_thresholds", None)
-    return value if isinstance(value, Mapping) else {}
-
-
 def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mapping[str, float] | None = None) -> bool:
     """Whether P(unsafe) is high enough to ask for the categories (the lowest threshold in play)."""
     lowest = min([threshold, *(category_thresholds or {}).values()])
@@ -396,7 +390,7 @@ class TransformersBackend:
         unsafe_rows = [
             i
             for i, (p, prompt) in enumerate(zip(p_unsafe, prompts, strict=True))
-            if decide_unsafe(p, prompt.threshold, _category_thresholds(prompt))
+            if decide_unsafe(p, prompt.threshold, prompt.category_thresholds)
         ]
         texts = ["safe"] * len(prompts)
         if unsafe_rows:
@@ -404,7 +398,7 @@ class TransformersBackend:
                 unsafe_rows, self._generate_codes(cache, mask, next_pos, unsafe_rows, tokens), strict=True
             ):
                 texts[i] = "unsafe" + tail
-                per_category = _category_thresholds(prompts[i])
+                per_category = prompts[i].category_thresholds
                 codes = _codes_in(texts[i])
                 if per_category and codes:
                     needed = min(per_category.get(c, prompts[i].threshold) for c in codes)

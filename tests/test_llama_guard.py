@@ -1,0 +1,31 @@
+"""LlamaGuard keeps render, call and parse apart; the prompt carries the policy's thresholds."""
+
+from __future__ import annotations
+
+from nodes.conversation import GuardRequest, Turn
+from nodes.guards.llama_guard import LlamaGuard
+from nodes.verdict import Outcome
+from policies import load_policy, policy_from_data
+from tests.scripted import ScriptedBackend
+
+
+def test_prompt_carries_policy_and_category_thresholds() -> None:
+    policy = policy_from_data(
+        {
+            "name": "strict-finance",
+            "threshold": 0.4,
+            "categories": [{"code": "S1", "name": "Violent Crimes"}, {"code": "S2", "name": "Finance", "threshold": 0.2}],
+        },
+        "inline",
+    )
+    prompt = LlamaGuard(ScriptedBackend(), "llama-guard-3").render(GuardRequest("User", (Turn("user", "hi"),), policy))
+    assert prompt.threshold == 0.4
+    assert prompt.category_thresholds == {"S2": 0.2}
+
+
+def test_verdict_keeps_raw_text_score_and_guard_name() -> None:
+    guard = LlamaGuard(ScriptedBackend("\n\nunsafe\nS10"), "llama-guard-3")
+    verdict = guard.check(GuardRequest("User", (Turn("user", "..."),), load_policy("llama-guard-3")))
+    assert verdict.outcome is Outcome.UNSAFE and verdict.codes == ["S10"]
+    assert verdict.raw == "\n\nunsafe\nS10" and verdict.guard == "llama-guard-3:scripted"
+    assert verdict.latency_ms > 0
