@@ -156,13 +156,13 @@ def load_contrast(path: Path = CONTRAST_FILE, seed: int = 0) -> tuple[list[Examp
         label = int(group["label"] == "unsafe")
         for texts, values in _expand(group["pairs"], group["slots"], group.get("max", 10**9), rng):
             prompt, response = _fill(texts["prompt"], values), _fill(texts["response"], values)
-            hazards = tuple(texts.get("hazards", ())) if label else ()
+            response_hazards = tuple(texts.get("hazards", ())) if label else ()
             out.append(
                 Example(
                     prompt,
                     response,
                     label,
-                    hazards,
+                    response_hazards,
                     not label,
                     "contrast:" + group["name"],
                     group="contrast:" + group["name"] + ":" + _norm(prompt),

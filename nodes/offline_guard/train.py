@@ -222,29 +222,29 @@ def main(argv: list[str] | None = None) -> None:
                 running = 0.0
 
     # thresholds and held-out metrics
-    logits = predict(net, low_held)
+    held_logits = predict(net, low_held)
     y_held = np.array([e.label for e in held])
     agent_held = np.array([e.response is not None for e in held])
     thresholds = {}
     report: dict = {}
-    for role, mask in (("User", ~agent_held), ("Agent", agent_held)):
-        t = choose_threshold(y_held[mask], logits[mask, 0], TARGET_FPR)
+    for role, rows in (("User", ~agent_held), ("Agent", agent_held)):
+        t = choose_threshold(y_held[rows], held_logits[rows, 0], TARGET_FPR)
         thresholds[role] = t
-        report[role] = metrics(y_held[mask], logits[mask, 0], t)
+        report[role] = metrics(y_held[rows], held_logits[rows, 0], t)
     by_source: dict = {}
     sources = defaultdict(list)
     for i, e in enumerate(held):
         sources[e.source].append(i)
     for source, idx in sorted(sources.items()):
         role = "Agent" if held[idx[0]].response is not None else "User"
-        by_source[source] = metrics(y_held[idx], logits[idx, 0], thresholds[role])
+        by_source[source] = metrics(y_held[idx], held_logits[idx, 0], thresholds[role])
     contrast_idx = [i for i, e in enumerate(held) if e.source.startswith("contrast:") and e.response is None]
-    report["contrast_prompts"] = metrics(y_held[contrast_idx], logits[contrast_idx, 0], thresholds["User"])
+    report["contrast_prompts"] = metrics(y_held[contrast_idx], held_logits[contrast_idx, 0], thresholds["User"])
     # hazard accuracy on held-out unsafe rows with known hazards
-    hz_hits = Counter()
+    hz_hits: Counter[str] = Counter()
     for i, e in enumerate(held):
         if e.label and e.hazards:
-            probs = 1 / (1 + np.exp(-logits[i, 1:]))
+            probs = 1 / (1 + np.exp(-held_logits[i, 1:]))
             hz_hits["rows"] += 1
             hz_hits["top1_in_gold"] += int(HAZARDS[int(np.argmax(probs))] in e.hazards)
     report["hazard_top1_accuracy"] = round(hz_hits["top1_in_gold"] / max(1, hz_hits["rows"]), 4)
