@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     agent_held = np.array([e.response is not None for e in held])
     thresholds = {}
     report: dict = {}
-    for role, role_mask in (("User", ~agent_held), ("Agent", agent_held)):
-        t = choose_threshold(y_held[role_mask], held_logits[role_mask, 0], TARGET_FPR)
+    for role, held_rows in (("User", ~agent_held), ("Agent", agent_held)):
+        t = choose_threshold(y_held[held_rows], held_logits[held_rows, 0], TARGET_FPR)
         thresholds[role] = t
-        report[role] = metrics(y_held[role_mask], held_logits[role_mask, 0], t)
+        report[role] = metrics(y_held[held_rows], held_logits[held_rows, 0], t)
     by_source: dict = {}
     sources = defaultdict(list)
     for i, e in enumerate(held):
