@@ -196,3 +196,44 @@ def generic_benign_texts(path: Path = CONTRAST_FILE, seed: int = 0, n: int = 400
     texts = sorted({e.prompt for e in rows if e.label == 0 and e.response is None})
     random.Random(seed).shuffle(texts)
     return texts[:n]
+
+
+def synth_padded(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
+    """Short prompts buried in benign filler, as the windowed guard sees them (a ~320-character window of a
+    long message): unsafe prompts stay unsafe wherever they sit in the window, benign ones stay safe. The
+    filler is other benign prompts, whole or as shuffled words. Each row keeps its prompt's group (same split)."""
+    rng = random.Random(seed)
+    users = [e for e in examples if e.response is None and len(e.prompt) < max_chars // 2]
+    benign = [e.prompt for e in users if e.label == 0]
+    out: list[Example] = []
+    for label in (1, 0):
+        pool = [e for e in users if e.label == label]
+        for e in rng.sample(pool, min(n, len(pool))):
+            budget = max_chars - len(e.prompt) - 1
+            parts: list[str] = []
+            while sum(len(p) + 1 for p in parts) < budget - 20:
+                parts.append(rng.choice(benign))
+            filler = " ".join(parts)
+            if rng.random() < 0.5:
+                words = filler.split()
+                rng.shuffle(words)
+                filler = " ".join(words)
+            filler = filler[: rng.randint(budget // 2, budget)].rsplit(" ", 1)[0]
+            where = rng.random()
+            text = f"{filler} {e.prompt}" if where < 0.6 else f"{e.prompt} {filler}" if where < 0.8 else None
+            if text is None:
+                cut = len(filler) // 2
+                text = f"{filler[:cut]} {e.prompt} {filler[cut:]}"
+            out.append(
+                Example(
+                    text,
+                    None,
+                    e.label,
+                    e.hazards,
+                    e.hazards_known,
+                    "synth:padded_" + ("unsafe" if e.label else "safe"),
+                    group=e.group,
+                    weight=1.0,
+                )
+            )
+    return out

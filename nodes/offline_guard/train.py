@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from nodes.offline_guard.data import generic_benign_texts, load_contrast, load_train_rows, split, synth_refusals
+from nodes.offline_guard.data import (
+    generic_benign_texts,
+    load_contrast,
+    load_train_rows,
+    split,
+    synth_padded,
+    synth_refusals,
+)
 from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base
 
 TARGET_FPR = 0.08
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     contrast, refusals = load_contrast(seed=args.seed)
     examples = rows + contrast
     examples += synth_refusals(examples, refusals, n=900, seed=args.seed)
+    examples += synth_padded(examples, n=600, seed=args.seed)
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
     train, held = split(examples, holdout=0.15, seed=args.seed)
