@@ -195,10 +195,10 @@ def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class ScriptedOfflineGuard(SentenceGuard):
-    """Like the offline guard: declares nothing, so build_guard gives it the offline window sizes."""
+    """Like the offline guard: declares the window its encoder reads, and build_guard honours it."""
 
     def __init__(self) -> None:
-        super().__init__(max_input_chars=1500, declare=False)
+        super().__init__(max_input_chars=1500, declare=True)
 
 
 def test_cli_check_long_conversation_is_unsafe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
