@@ -54,11 +54,10 @@ class SentenceGuard(BaseGuard):
 
     name = "sentence"
 
-    def __init__(self, max_input_chars: int = 1500, window_overlap_chars: int = 300, declare: bool = True) -> None:
+    def __init__(self, max_input_chars: int = 1500, window_overlap_chars: int = 300) -> None:
         self.limit = max_input_chars
-        if declare:  # the attributes WindowedGuard reads its sizes from
-            self.max_input_chars = max_input_chars
-            self.window_overlap_chars = window_overlap_chars
+        self.max_input_chars = max_input_chars  # the attributes WindowedGuard reads its sizes from,
+        self.window_overlap_chars = window_overlap_chars  # as the real offline guard declares them
         self.batches: list[int] = []
         self.seen: list[GuardRequest] = []
 
@@ -194,18 +193,11 @@ def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(endpoint, WindowedGuard) and endpoint.window_chars > 1500
 
 
-class ScriptedOfflineGuard(SentenceGuard):
-    """Like the offline guard: declares the window its encoder reads, and build_guard honours it."""
-
-    def __init__(self) -> None:
-        super().__init__(max_input_chars=1500, declare=True)
-
-
 def test_cli_check_long_conversation_is_unsafe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import graph.models as models
     from graph.cli import app
 
-    monkeypatch.setattr(models, "load_offline_guard", ScriptedOfflineGuard)
+    monkeypatch.setattr(models, "load_offline_guard", SentenceGuard)
     path = tmp_path / "long.json"
     path.write_text(json.dumps([{"role": "user", "content": benign_text(200_000) + " " + UNSAFE}]))
     result = CliRunner().invoke(app, ["check", "--conversation", str(path), "--json"])
