@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from graph.cli_options import USER_ERRORS, fail
+from graph.cli_options import USER_ERRORS, error_line, fail
 from graph.config import DEFAULT_POLICY, GuardGraphConfig
 from graph.models import build_guard
 from nodes.evaluation import (
@@ -207,7 +206,7 @@ def eval_command(
             guard = build_guard(config, loaded_policy)
         results = run_eval(loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns)
     except (EvalDataError, *USER_ERRORS) as error:
-        fail(str(error).splitlines()[0] if isinstance(error, ValidationError) else str(error))
+        fail(error_line(error))
 
     for path, result in zip(prediction_paths, results, strict=False):  # no paths without --out
         write_predictions(result.predictions, path)

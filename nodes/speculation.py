@@ -10,6 +10,7 @@ from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
 from nodes.generation import SpeculationRegistry
+from nodes.guard_node import thread_of
 
 Node = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
 
@@ -22,7 +23,7 @@ def chat_messages(state: dict[str, Any], system_prompt: str | None) -> list[Base
 
 def turn_key(state: dict[str, Any], config: RunnableConfig | None) -> str:
     """Identifies one turn: the thread and the id of the user message that started it."""
-    thread = ((config or {}).get("configurable") or {}).get("thread_id", "")
+    thread = thread_of(config) or ""
     last = state["messages"][-1] if state.get("messages") else None
     return f"{thread}:{getattr(last, 'id', None) or id(last)}"
 

@@ -8,18 +8,15 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel, BaseLanguageModel, BaseLLM
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from nodes.conversation import content_text
 from nodes.formats import GuardFormat
 from nodes.guards.llama_guard import Completion, GuardPrompt
 from nodes.guards.openai_backend import p_unsafe_from_logprobs
 
 
 def _text_of(output: Any) -> str:
-    if isinstance(output, BaseMessage):
-        content = output.content
-        if isinstance(content, list):
-            return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-        return str(content)
-    return str(output)
+    """A chat model's message content or an LLM's string, as text."""
+    return content_text(output.content) if isinstance(output, BaseMessage) else str(output)
 
 
 def _chat_logprobs(metadata: dict[str, Any]) -> dict[str, Any] | None:
