@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from nodes.conversation import GuardRequest
 from nodes.guards.base import BaseGuard
 from nodes.offline_guard.model import HAZARDS, GuardNet, encode_pair, load_base, pad_batch
+from nodes.offline_guard.precision import guard_dtype
 from nodes.verdict import CategoryHit, Outcome, Verdict
 from policies.model import Category, Policy
 
@@ -85,9 +86,10 @@ class OfflineGuard(BaseGuard):
     max_input_chars = 320
     window_overlap_chars = 80
 
-    def __init__(self, artifact_dir: Path | None = None, device: str = "cpu"):
+    def __init__(self, artifact_dir: Path | None = None, device: str = "cpu", dtype: str = "auto"):
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else DEFAULT_ARTIFACT
         self.device = device
+        self.dtype = guard_dtype(device, dtype)
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
         self.net = GuardNet(base, split=int(self.config["split"]))
@@ -96,7 +98,7 @@ class OfflineGuard(BaseGuard):
         missing = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing.unexpected_keys or any(k.startswith(("top.", "head.")) for k in missing.missing_keys):
             raise RuntimeError(f"offline guard artifact does not match the network: {missing}")
-        self.net.to(device).eval()
+        self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))
         self.thresholds = {k: float(v) for k, v in self.config["unsafe_logit_threshold"].items()}
         self.hazard_threshold = float(self.config.get("hazard_threshold", 0.5))
