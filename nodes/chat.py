@@ -63,7 +63,7 @@ def make_chat_node(deps: ChatNodeDeps) -> Callable[[dict[str, Any], RunnableConf
                 return {"draft": "".join(generation.tokens()), "error": None}
             writer = get_stream_writer()
             result = release_guarded(
-                generation.tokens(),
+                generation.pieces(),
                 check,
                 lambda text: writer({"guardgraph": TOKEN_EVENT, "text": text}),
                 deps.chunking,

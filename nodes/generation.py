@@ -1,7 +1,9 @@
 """Chat generation in a background thread: started early, consumed later, cancellable at any token.
 
 The input guard starts the chat model speculatively so generation overlaps the input check; if the
-input is unsafe the generation is cancelled and its tokens are dropped unseen.
+input is unsafe the generation is cancelled and its tokens are dropped unseen. Until its first text
+piece, a local model also reports the unfinished word (``Lookahead``) so that the first chunk's output
+check can start a decoding step early (``nodes/precheck.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from nodes.conversation import content_text
+from nodes.precheck import Lookahead
 
 _DONE = object()
 
@@ -38,13 +41,25 @@ def _generate_locally(
 ) -> None:
     """Run ``generate`` in this very thread, streaming text to ``put`` and stopping at the next token once
     cancelled; so when this returns no model thread is left running (ChatHuggingFace streams from a
-    thread of its own that nothing can stop or join)."""
+    thread of its own that nothing can stop or join). Word pieces are released exactly as
+    ``ChatHuggingFace.stream`` releases them (the same ``TextStreamer`` rule); before the first one, each
+    token also puts a ``Lookahead`` with the unfinished word."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
     class QueueStreamer(TextStreamer):
+        released_any = False
+
+        def put(self, value: Any) -> None:
+            super().put(value)
+            if self.released_any or cancelled.is_set() or not getattr(self, "token_cache", None):
+                return
+            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            put(Lookahead(text[getattr(self, "print_len", 0) :]))
+
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text and not cancelled.is_set():
+                self.released_any = True
                 put(text)
 
     class StopWhenCancelled(StoppingCriteria):
@@ -121,13 +136,19 @@ class BackgroundGeneration:
 
     def tokens(self) -> Iterator[str]:
         """The generated text pieces in order; re-raises the model's error, if any."""
+        for item in self.pieces():
+            if isinstance(item, str):
+                yield item
+
+    def pieces(self) -> Iterator[str | Lookahead]:
+        """Like :meth:`tokens`, with the ``Lookahead`` items that precede the first piece."""
         while True:
             item = self._queue.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
-            assert isinstance(item, str)
+            assert isinstance(item, str | Lookahead)
             yield item
 
 

@@ -3,6 +3,8 @@
 Tokens are gathered into chunks (a few tokens first so the first words show quickly, then sentences).
 Each chunk is checked as part of the whole reply so far, with the conversation as context; generation
 keeps running in its own thread while a chunk is checked. On an unsafe verdict nothing more is released.
+The first chunk, which the user waits for, is checked ahead of time from the generation's lookahead
+(``nodes/precheck.py``); its text is still released only with a verdict for exactly that text.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from nodes.precheck import Lookahead, Precheck, guessed_chunk
 from nodes.verdict import Verdict
 
 SENTENCE_ENDS = (".", "!", "?", "\n", ":", ";")
@@ -42,28 +45,42 @@ class HoldBackResult:
 
 
 def release_guarded(
-    pieces: Iterable[str],
+    pieces: Iterable[str | Lookahead],
     check: Callable[[str], Verdict],
     emit: Callable[[str], None],
     chunking: Chunking | None = None,
 ) -> HoldBackResult:
     """Check the growing reply chunk by chunk; ``emit`` only text whose check passed.
 
-    The returned verdict is the last check, which always covers the complete draft when not blocked.
+    ``Lookahead`` items (the unfinished word, from the generation) let the first chunk's check start
+    before the chunk is complete. The returned verdict is the last check, which always covers the
+    complete draft when not blocked.
     """
     chunking = chunking or Chunking()
     released, pending, count, first = "", "", 0, True
     last: Verdict | None = None
-    for piece in pieces:
-        pending += piece
-        count += 1
-        if not chunking.boundary(pending, count, first):
-            continue
-        last = check(released + pending)
-        if last.blocks:
-            return HoldBackResult(released, released + pending, last, blocked=True)
-        emit(pending)
-        released, pending, count, first = released + pending, "", 0, False
+    precheck = Precheck(check)
+    try:
+        for piece in pieces:
+            if isinstance(piece, Lookahead):
+                guess = guessed_chunk(released + pending, piece)
+                if first and guess is not None and count + 1 >= chunking.first_chunk_tokens:
+                    precheck.guess(guess)
+                continue
+            pending += piece
+            count += 1
+            if not chunking.boundary(pending, count, first):
+                continue
+            last = precheck.verdict(released + pending) if first else None
+            if last is None:
+                last = check(released + pending)
+            precheck.close()
+            if last.blocks:
+                return HoldBackResult(released, released + pending, last, blocked=True)
+            emit(pending)
+            released, pending, count, first = released + pending, "", 0, False
+    finally:
+        precheck.close()
     if last is not None and not pending:  # the last check already covered the whole reply
         return HoldBackResult(released, released, last, blocked=False)
     verdict = check(released + pending)

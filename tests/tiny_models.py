@@ -4,13 +4,15 @@
 regex and the Llama 3 / Llama 4 special tokens; ``build_llama()`` makes a random ``LlamaForCausalLM``
 on top of it; ``make_bigram()`` turns a model into a deterministic next-token table (used to force a
 verdict like ``unsafe\\nS1,S10``); ``save_tiny_guard()`` writes both to a folder ``from_pretrained``
-can load.
+can load; ``tiny_chat_model()`` is a local ``ChatHuggingFace`` that answers a fixed reply token by token.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -135,3 +137,35 @@ def save_tiny_guard(path: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTo
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}<|start_header_id|>assistant<|end_header_id|>"
+)
+
+
+def tiny_chat_model(reply_tokens: list[str], seed: int = 2) -> Any:
+    """A local ``ChatHuggingFace`` (transformers pipeline) that always answers ``reply_tokens``, token by token.
+
+    Every entry must be one token of the tiny tokenizer; the reply ends with ``<|eot_id|>``.
+    """
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+    from transformers import pipeline
+
+    tokenizer = build_tokenizer(extra_texts=["".join(reply_tokens)] * 8)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    header_end = tokenizer.convert_tokens_to_ids("<|end_header_id|>")  # the prompt's last token
+    chain = [header_end, *(single_id(tokenizer, t) for t in reply_tokens), tokenizer.eos_token_id]
+    model = make_bigram(build_llama(tokenizer, seed=seed), dict(itertools.pairwise(chain)))
+    settings = {"max_new_tokens": len(reply_tokens) + 2, "do_sample": False}
+    pipe = pipeline(
+        "text-generation",
+        model=model,
+        tokenizer=tokenizer,
+        return_full_text=False,
+        add_special_tokens=False,
+        **settings,
+    )
+    llm = HuggingFacePipeline(pipeline=pipe, model_id="tiny", pipeline_kwargs={"return_full_text": False, **settings})
+    return ChatHuggingFace(llm=llm, tokenizer=tokenizer, model_id="tiny")

@@ -1,0 +1,174 @@
+"""The first chunk's output check starts from the lookahead; only a verdict for the exact released text counts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+
+from nodes.generation import BackgroundGeneration
+from nodes.precheck import Lookahead, Precheck, guessed_chunk
+from nodes.streaming import Chunking, release_guarded
+from nodes.verdict import Outcome, Verdict
+from tests.scripted import SlowGuard, keyword_answer, scripted_llama_guard
+from tests.test_streaming import make, stream_turn
+from tests.tiny_models import tiny_chat_model
+
+REPLY_TOKENS = ["To", " make", " a", " cake", ",", " mix", " it", "."]
+WAIT_S = 10.0  # a bound against hanging, not a timing assertion
+
+
+def verdict(outcome: Outcome) -> Verdict:
+    return Verdict(role="Agent", outcome=outcome)
+
+
+class RecordingCheck:
+    """A check that is unsafe for texts containing a bad word, recording (text, thread name) per call."""
+
+    def __init__(self, *bad: str) -> None:
+        self.bad = bad
+        self.calls: list[tuple[str, str]] = []
+        self.called = threading.Event()
+
+    def __call__(self, text: str) -> Verdict:
+        self.calls.append((text, threading.current_thread().name))
+        self.called.set()
+        return verdict(Outcome.UNSAFE if any(b in text for b in self.bad) else Outcome.SAFE)
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for text, _ in self.calls]
+
+
+def after_check(check: RecordingCheck, *items: str | Lookahead) -> Iterator[str | Lookahead]:
+    """Yields a lookahead, then the rest only once the check has run (as when decoding takes longer)."""
+    yield items[0]
+    assert check.called.wait(WAIT_S)
+    yield from items[1:]
+
+
+def test_guess_is_the_unfinished_word_plus_a_space() -> None:
+    assert guessed_chunk("", Lookahead("To")) == "To "
+    assert guessed_chunk("Sure. ", Lookahead("Here")) == "Sure. Here "
+    assert guessed_chunk("", Lookahead("")) is None
+    assert guessed_chunk("", Lookahead("To\n")) is None
+    assert guessed_chunk("", Lookahead("caf\ufffd")) is None
+
+
+def test_first_chunk_is_checked_before_it_is_complete_and_not_again() -> None:
+    check = RecordingCheck()
+    shown: list[str] = []
+    result = release_guarded(after_check(check, Lookahead("To"), "To ", "make ", "it."), check, shown.append)
+    assert shown[0] == "To " and "".join(shown) == "To make it." and not result.blocked
+    assert check.calls[0][1].startswith("guardgraph-precheck")  # checked ahead, off the stream's thread
+    assert check.texts.count("To ") == 1  # the guessed verdict was used, not a second check
+
+
+def test_unsafe_guess_for_the_exact_text_blocks_it() -> None:
+    check = RecordingCheck("Bad")
+    shown: list[str] = []
+    result = release_guarded(after_check(check, Lookahead("Bad"), "Bad ", "idea."), check, shown.append)
+    assert result.blocked and shown == [] and result.released == ""
+
+
+def test_wrong_guess_is_never_used_for_the_real_chunk() -> None:
+    check = RecordingCheck(",")  # the guess "Sure " passes, the real chunk "Sure, " does not
+    shown: list[str] = []
+    result = release_guarded(after_check(check, Lookahead("Sure"), "Sure, ", "fine."), check, shown.append)
+    assert result.blocked and shown == []
+    assert check.texts == ["Sure ", "Sure, "]
+
+
+def test_failed_wrong_guess_does_not_block_the_real_chunk() -> None:
+    check = RecordingCheck("Sure ")
+    shown: list[str] = []
+    result = release_guarded(after_check(check, Lookahead("Sure"), "Sure, ", "fine."), check, shown.append)
+    assert not result.blocked and "".join(shown) == "Sure, fine."
+
+
+def test_lookahead_only_serves_the_first_chunk() -> None:
+    check = RecordingCheck()
+    shown: list[str] = []
+    pieces = after_check(check, Lookahead("A"), "A ", Lookahead("b"), "b. ", "c.")
+    release_guarded(pieces, check, shown.append, Chunking(1, 1, 8))
+    assert check.texts == ["A ", "A b. ", "A b. c."]
+
+
+def test_first_chunk_of_several_pieces_is_guessed_only_before_its_last_piece() -> None:
+    check = RecordingCheck()
+    shown: list[str] = []
+    pieces = [Lookahead("A"), "A ", Lookahead("b"), "b ", "c."]
+    release_guarded(pieces, check, shown.append, Chunking(2, 1, 8))
+    assert "A " not in check.texts  # one piece is not the first chunk: no guess for it
+    assert shown[0] == "A b "
+
+
+def test_newest_guess_replaces_a_waiting_one() -> None:
+    release = threading.Event()
+    seen: list[str] = []
+
+    def check(text: str) -> Verdict:
+        seen.append(text)
+        if text == "a":
+            assert release.wait(WAIT_S)
+        return verdict(Outcome.SAFE)
+
+    precheck = Precheck(check)
+    try:
+        precheck.guess("a")  # running, blocked
+        precheck.guess("b")  # waits behind it...
+        precheck.guess("c")  # ...and is dropped for the newer guess
+        release.set()
+        assert precheck.verdict("c") is not None
+        assert precheck.verdict("b") is None and precheck.verdict("never guessed") is None
+        assert seen == ["a", "c"]
+    finally:
+        precheck.close()
+
+
+# ----------------------------------------------------------------------------- a local transformers model
+
+
+@pytest.fixture(scope="module")
+def tiny_chat() -> Any:
+    return tiny_chat_model(REPLY_TOKENS)
+
+
+def test_local_generation_streams_the_same_pieces_as_the_models_own_stream(tiny_chat: Any) -> None:
+    messages = [HumanMessage("How do I make a cake?")]
+    own = [str(chunk.content) for chunk in tiny_chat.stream(messages) if chunk.content]
+    items = list(BackgroundGeneration(tiny_chat, messages).pieces())
+    pieces = [item for item in items if isinstance(item, str)]
+    assert pieces == own == ["To ", "make ", "a ", "cake, ", "mix ", "it."]
+    first = next(i for i, item in enumerate(items) if isinstance(item, str))
+    assert items[:first] == [Lookahead("To")]  # the unfinished first word, and only before the first piece
+    assert not any(isinstance(item, Lookahead) for item in items[first:])
+
+
+def test_graph_releases_the_local_models_reply_checked_chunk_by_chunk(tiny_chat: Any) -> None:
+    guard = scripted_llama_guard()
+    released, final = stream_turn(make(tiny_chat, output_guard=guard), "How do I make a cake?")
+    assert "".join(released) == "To make a cake, mix it." == final["messages"][-1].content
+    checked = [p for p in guard.backend.prompts if "'Agent' messages" in p]  # type: ignore[attr-defined]
+    shown = ""
+    for chunk in released:
+        shown += chunk
+        assert any(f"Agent: {shown.strip()}" in prompt for prompt in checked)
+
+
+def test_graph_blocks_an_unsafe_first_chunk_found_by_the_precheck(tiny_chat: Any) -> None:
+    guard = scripted_llama_guard(keyword_answer("to", codes="S9"))
+    released, final = stream_turn(make(tiny_chat, output_guard=guard), "How do I make a cake?")
+    assert released == [] and final["refused"] is True
+
+
+def test_unsafe_input_starts_no_output_check(tiny_chat: Any) -> None:
+    log: list[Any] = []
+    input_guard = SlowGuard(scripted_llama_guard("unsafe\nS9"), 0.05, log)
+    output_guard = scripted_llama_guard()
+    released, final = stream_turn(make(tiny_chat, input_guard, output_guard), "pipe bomb howto")
+    assert released == [] and final["refused"] is True
+    assert output_guard.backend.prompts == []  # type: ignore[attr-defined]
