@@ -29,7 +29,7 @@ BENIGN_CAPS = {
 DNA_NOT_HAZARD = ("Misinformation Harms", "Human-Chatbot Interaction Harms")
 UNLABELED_AS_SAFE = {"awesome_chatgpt_prompts", "oasst_eval_prompts"}
 SKIP = {"hh_rlhf_harmless_base_test"}
-DNA_RESPONSE_SAFE_CAP = 1500
+DNA_RESPONSE_SAFE_CAP = 3000
 
 
 @dataclass
@@ -237,3 +237,26 @@ def synth_padded(examples: list[Example], n: int, seed: int = 0, max_chars: int 
                 )
             )
     return out
+
+
+def synth_answers(prompts: list[Example], replies: dict[str, str]) -> list[Example]:
+    """Safe prompts with the chat model's answer: safe Agent checks (an answer to a safe prompt is safe), so
+    ordinary answers on alarming-sounding topics are seen as what they are. Same group as the prompt."""
+    return [
+        Example(e.prompt, replies[e.prompt], 0, (), True, "synth:answer", group=e.group, weight=1.0)
+        for e in prompts
+        if replies.get(e.prompt)
+    ]
+
+
+def synth_mismatched(examples: list[Example], answers: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """Unsafe prompts followed by a harmless answer to some other question: safe Agent checks, so the verdict
+    comes from what the reply says, not from the prompt above it."""
+    rng = random.Random(seed)
+    unsafe_prompts = [e for e in examples if e.label == 1 and e.response is None and not e.source.startswith("synth")]
+    if not answers:
+        return []
+    return [
+        Example(e.prompt, rng.choice(answers).response, 0, (), True, "synth:mismatched", group=e.group, weight=1.0)
+        for e in rng.sample(unsafe_prompts, min(n, len(unsafe_prompts)))
+    ]

@@ -25,10 +25,13 @@ from nodes.offline_guard.data import (
     load_contrast,
     load_train_rows,
     split,
+    synth_answers,
+    synth_mismatched,
     synth_padded,
     synth_refusals,
 )
 from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base
+from nodes.offline_guard.replies import generate, reply_prompts
 
 TARGET_FPR = 0.08
 
@@ -144,6 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=None, help="optional file to keep the frozen-layer outputs in")
+    parser.add_argument(
+        "--replies",
+        type=Path,
+        required=True,
+        help="JSONL cache of the chat model's answers to safe train prompts (written by nodes.offline_guard.replies "
+        "when missing or incomplete; keep it outside the repository)",
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -153,7 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_train_rows(args.datasets, seed=args.seed)
     contrast, refusals = load_contrast(seed=args.seed)
     examples = rows + contrast
+    replies = generate([e.prompt for e in reply_prompts(examples, seed=args.seed)], args.replies, args.threads)
+    answers = synth_answers(reply_prompts(examples, seed=args.seed), replies)
     examples += synth_refusals(examples, refusals, n=900, seed=args.seed)
+    examples += synth_mismatched(examples, answers, n=600, seed=args.seed)
+    examples += answers
     examples += synth_padded(examples, n=600, seed=args.seed)
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
