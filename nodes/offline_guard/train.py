@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = load_train_rows(args.datasets, seed=args.seed)
     contrast, refusals = load_contrast(seed=args.seed)
     examples = rows + contrast
-    replies = generate([e.prompt for e in reply_prompts(examples, seed=args.seed)], args.replies, args.threads)
-    answers = synth_answers(reply_prompts(examples, seed=args.seed), replies)
+    to_answer = reply_prompts(examples, seed=args.seed)
+    answers = synth_answers(to_answer, generate([e.prompt for e in to_answer], args.replies, args.threads))
     examples += synth_refusals(examples, refusals, n=900, seed=args.seed)
     examples += synth_mismatched(examples, answers, n=600, seed=args.seed)
     examples += answers
