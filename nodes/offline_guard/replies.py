@@ -3,7 +3,8 @@
 Why: the Agent check over-flagged ordinary answers on topics with alarming words (killing a process, the
 history of the atomic bomb) and any answer that follows a harmful-looking prompt, because the only safe
 replies it had seen were refusals and a few hand-written answers. SmolLM2-135M-Instruct (the offline chat
-model, run through llama.cpp: ~100 tokens/s on 2 CPU cores, 5x transformers' generate here) answers the
+model, run through llama.cpp: measured ~100 tokens/s on 2 free CPU cores, against 26 tokens/s for
+transformers' batched generate on the same, then busy, machine) answers the
 *safe* prompts of train/ and of contrast.yaml; an answer to a safe prompt is labeled safe. Greedy decoding
 makes the file reproducible; it is a cache outside the repository (prompts from train/ are never committed):
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from nodes.evaluation import average_precision
 from nodes.offline_guard.data import (
     generic_benign_texts,
     load_contrast,
@@ -89,18 +90,6 @@ def predict(net: GuardNet, lower: list[torch.Tensor], batch_size: int = 128) -> 
     return out
 
 
-def average_precision_score(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the precision-recall curve, as the mean precision at each positive (sklearn's definition)."""
-    order = np.argsort(-score, kind="mergesort")
-    y, score = y[order], score[order]
-    distinct = np.r_[np.nonzero(np.diff(score))[0], len(y) - 1]
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     pred = score >= threshold
     tp = int((pred & (y == 1)).sum())
@@ -111,7 +100,8 @@ def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     fpr = fp / (fp + tn) if fp + tn else 0.0
-    auprc = float(average_precision_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+    ap = average_precision(y, score) if 0 < y.sum() < len(y) else None
+    auprc = float("nan") if ap is None else ap
     return {
         "n": len(y),
         "pos": int(y.sum()),
