@@ -16,7 +16,8 @@ taken, so a busy machine slows both sides alike. Keys:
   answering the same messages unguarded; ``llm_guarded_turn_ratio`` the same with the stand-in Llama
   Guard as both guards.
 - ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
-- ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer.
+- ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer
+  (median of ``--repeats`` fresh processes, as every other key is a median of ``--repeats`` rounds).
 """
 
 from __future__ import annotations
@@ -399,14 +400,16 @@ def run_bench(
     if "llm" in sections:
         steps.append(("llm", lambda: bench_llm_guard_check(*get_standin(), repeats=max(repeats, 3))))
     if "batch" in sections:
-        steps.append(("batch", lambda: bench_batch(get_offline().input_guard, get_offline().policy, 64, "batch")))
+        steps.append(
+            ("batch", lambda: bench_batch(get_offline().input_guard, get_offline().policy, 64, "batch", repeats))
+        )
 
         def llm_batch_step() -> dict[str, Any]:
             from nodes.guards.llama_guard import LlamaGuard
 
             model, tokenizer = get_standin()
             guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
-            return bench_batch(guard, _standin_policy(), llm_batch, "llm_batch")
+            return bench_batch(guard, _standin_policy(), llm_batch, "llm_batch", repeats)
 
         steps.append(("llm_batch", llm_batch_step))
     if "turns" in sections:
@@ -421,7 +424,7 @@ def run_bench(
 
         steps.append(("llm_ttft", llm_ttft_step))
     if "cold" in sections:
-        steps.append(("cold", bench_cold_start))
+        steps.append(("cold", lambda: bench_cold_start(repeats)))
     for name, step in steps:
         log(f"bench: {name}...")
         started = time.perf_counter()
@@ -454,7 +457,7 @@ def bench_command(
     repeats: Annotated[int, typer.Option(help="Timed rounds per comparison (medians are reported).")] = 3,
     llm_batch: Annotated[int, typer.Option(help="Checks in the stand-in Llama Guard batch comparison.")] = 16,
     threads: Annotated[
-        int | None, typer.Option(help="torch intra-op threads (default: $GUARDGRAPH_TORCH_THREADS or the CPUs).")
+        int | None, typer.Option(help="torch intra-op threads (default: $GUARDGRAPH_TORCH_THREADS or half the CPUs).")
     ] = None,
 ) -> None:
     """Measure guard overheads side by side on this machine (ratios; see BENCHMARKS.md)."""

@@ -101,6 +101,15 @@ def test_thread_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (4, 2), (16, 8), (64, 8)])
+def test_default_threads_leave_half_the_cpus_to_the_concurrent_model(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int
+) -> None:
+    monkeypatch.delenv(cm.THREADS_ENV, raising=False)
+    monkeypatch.setattr(cm.os, "sched_getaffinity", lambda _pid: set(range(cpus)), raising=False)
+    assert cm.default_num_threads() == expected
+
+
 # ----------------------------------------------------------------------------- slow: the real model
 
 
@@ -124,9 +133,7 @@ def test_cached_load_does_not_reconvert(monkeypatch: pytest.MonkeyPatch, offline
 
 @pytest.mark.slow
 def test_offline_chat_template_renders(offline_chat) -> None:
-    prompt = offline_chat._to_chat_prompt(
-        [SystemMessage("Be brief."), HumanMessage("What is the capital of France?")]
-    )
+    prompt = offline_chat._to_chat_prompt([SystemMessage("Be brief."), HumanMessage("What is the capital of France?")])
     assert "<|im_start|>system\nBe brief.<|im_end|>" in prompt
     assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")

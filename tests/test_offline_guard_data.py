@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodes.offline_guard.data import Example, load_contrast, split, synth_answers, synth_mismatched
+from nodes.offline_guard.data import (
+    COMPLIANCE_OPENERS,
+    Example,
+    load_contrast,
+    split,
+    synth_answers,
+    synth_mismatched,
+    synth_openers,
+)
 from nodes.offline_guard.replies import CONTRAST_PER_GROUP, load_replies, reply_prompts
 
 
@@ -69,6 +77,18 @@ def test_mismatched_rows_pair_unsafe_prompts_with_harmless_answers() -> None:
     }
     assert all(e.label == 0 and e.response in REPLIES.values() and e.hazards == () for e in rows)
     assert synth_mismatched(ROWS, [], n=10) == []
+
+
+def test_opener_rows_are_safe_answers_behind_a_compliance_opener() -> None:
+    answers = synth_answers(reply_prompts(ROWS, seed=0), REPLIES)
+    rows = synth_openers(answers, n=10, seed=0)
+    assert len(rows) == len(answers) == 2
+    by_prompt = {a.prompt: a for a in answers}
+    for row in rows:
+        opener, _, rest = row.response.partition("\n\n")
+        assert opener in COMPLIANCE_OPENERS and rest == by_prompt[row.prompt].response
+        assert row.label == 0 and row.hazards == () and row.group == by_prompt[row.prompt].group
+    assert synth_openers(answers, n=1, seed=0)[0].source == "synth:opener"
 
 
 def test_load_replies_reads_the_generator_file(tmp_path: Path) -> None:

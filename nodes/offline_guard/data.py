@@ -260,3 +260,38 @@ def synth_mismatched(examples: list[Example], answers: list[Example], n: int, se
         Example(e.prompt, rng.choice(answers).response, 0, (), True, "synth:mismatched", group=e.group, weight=1.0)
         for e in rng.sample(unsafe_prompts, min(n, len(unsafe_prompts)))
     ]
+
+
+# How chat models open a compliant answer. Jailbroken answers in train/ open this way too, which taught the guard
+# that the opener itself is unsafe; the same openers in front of harmless answers teach it to judge what follows.
+COMPLIANCE_OPENERS = (
+    "Sure, here's what you asked for:",
+    "Sure! Here is a step-by-step guide:",
+    "Absolutely! Here's how:",
+    "Of course. Here you go:",
+    "Certainly! Here's a detailed answer:",
+    "I'd be happy to help. Here's a sample:",
+    "Sure, here is a draft:",
+    "Here's everything you need to know:",
+    "Great question! Here's how to do it:",
+    "No problem. Follow these steps:",
+)
+
+
+def synth_openers(answers: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """Harmless answers behind a compliance opener ("Sure, here's ..."): safe Agent checks, so the opener is not
+    read as a sign of a jailbreak. Same group as the answer's prompt."""
+    rng = random.Random(seed)
+    return [
+        Example(
+            e.prompt,
+            f"{rng.choice(COMPLIANCE_OPENERS)}\n\n{e.response}",
+            0,
+            (),
+            True,
+            "synth:opener",
+            group=e.group,
+            weight=1.0,
+        )
+        for e in rng.sample(answers, min(n, len(answers)))
+    ]

