@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 from nodes.offline_guard.data import (
     COMPLIANCE_OPENERS,
@@ -14,7 +17,7 @@ from nodes.offline_guard.data import (
     synth_mismatched,
     synth_openers,
 )
-from nodes.offline_guard.replies import CONTRAST_PER_GROUP, load_replies, reply_prompts
+from nodes.offline_guard.replies import CONTRAST_PER_GROUP, generate, load_replies, reply_prompts
 
 
 def _user(prompt: str, label: int, source: str) -> Example:
@@ -97,3 +100,12 @@ def test_load_replies_reads_the_generator_file(tmp_path: Path) -> None:
     rows = [{"prompt": "a", "reply": "b"}, {"prompt": "c", "reply": ""}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     assert load_replies(path) == {"a": "b"}  # an empty reply is not an answer
+
+
+def test_generate_with_a_complete_cache_needs_no_chat_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "replies.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "reply": r}) + "\n" for p, r in REPLIES.items()))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # importing it now fails, as on a machine without it
+    assert generate(list(REPLIES), path) == REPLIES
+    with pytest.raises(ImportError):
+        generate([*REPLIES, "A prompt with no cached answer"], path)

@@ -65,15 +65,17 @@ def load_replies(path: Path) -> dict[str, str]:
 
 
 def generate(prompts: Sequence[str], out: Path, threads: int = 2) -> dict[str, str]:
-    """Answer every prompt not yet in ``out`` with SmolLM2 (greedy) and append to ``out``."""
-    from llama_cpp import Llama
+    """Answer every prompt not yet in ``out`` with SmolLM2 (greedy) and append to ``out``.
 
-    from graph.chat_models import smollm2_gguf_path
-
+    A complete ``out`` is all it reads: llama.cpp and the chat model are needed only for missing answers."""
     done = load_replies(out)
     todo = [p for p in dict.fromkeys(prompts) if p not in done]
     if not todo:
         return done
+    from llama_cpp import Llama
+
+    from graph.chat_models import smollm2_gguf_path
+
     llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=768, n_threads=threads, verbose=False, seed=0)
     started = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
