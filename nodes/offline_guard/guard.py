@@ -118,7 +118,7 @@ class OfflineGuard(BaseGuard):
         with torch.inference_mode():
             for start in range(0, len(order), BATCH):
                 chunk = order[start : start + BATCH]
-                batch = {k: v.to(self.device) for k, v in pad_batch([items[i] for i in chunk]).items()}
+                batch = pad_batch([items[i] for i in chunk], self.device)
                 lower = self.net.lower(**batch)
                 if want_logits:
                     logits[chunk] = self.net.upper(lower, batch["attention_mask"]).float().cpu().numpy()

@@ -66,7 +66,8 @@ def encode_pair(tokenizer, prompt: str, response: str | None, max_len: int = MAX
     return ids, types
 
 
-def pad_batch(items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+def pad_batch(items: list[tuple[list[int], list[int]]], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The model's inputs for ``items`` (from :func:`encode_pair`), right-padded, on ``device``."""
     n = max(len(i) for i, _ in items)
     ids = torch.zeros(len(items), n, dtype=torch.long)
     types = torch.zeros(len(items), n, dtype=torch.long)
@@ -75,7 +76,8 @@ def pad_batch(items: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tenso
         ids[k, : len(i)] = torch.tensor(i)
         types[k, : len(t)] = torch.tensor(t)
         mask[k, : len(i)] = 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    return {k: v.to(device) for k, v in batch.items()}  # filled on the CPU, moved once
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from nodes.offline_guard.data import (
     synth_padded,
     synth_refusals,
 )
-from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base
+from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
 from nodes.offline_guard.replies import generate, load_replies, reply_prompts
 
 TARGET_FPR = 0.08
@@ -56,13 +56,11 @@ def precompute_lower(
     net: GuardNet, encoded: list[tuple[list[int], list[int]]], device: str, batch_size: int = 64
 ) -> list[torch.Tensor]:
     """Output of the frozen layers per example (fp16, unpadded, on ``device``)."""
-    from nodes.offline_guard.model import pad_batch
-
     out: list[torch.Tensor | None] = [None] * len(encoded)
     lengths = [len(ids) for ids, _ in encoded]
     with torch.inference_mode():
         for chunk in batches_by_length(lengths, batch_size, random.Random(0), shuffle=False):
-            batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in chunk]).items()}
+            batch = pad_batch([encoded[i] for i in chunk], device)
             hidden = net.lower(**batch)
             for row, i in enumerate(chunk):
                 out[i] = hidden[row, : lengths[i]].to(torch.float16).clone()
@@ -284,16 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "by_source"}, indent=1), flush=True)
 
     # generic benign embeddings for the per-policy example classifiers
-    from nodes.offline_guard.model import pad_batch
-
     benign = generic_benign_texts(seed=args.seed)
     with torch.inference_mode():
         embs = []
         for i in range(0, len(benign), 64):
-            batch = {
-                k: v.to(args.device)
-                for k, v in pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]]).items()
-            }
+            batch = pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]], args.device)
             embs.append(net.sentence_embedding(net.lower(**batch), batch["attention_mask"]))
         benign_emb = torch.cat(embs).cpu()
 
