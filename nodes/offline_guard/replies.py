@@ -10,6 +10,9 @@ makes the file reproducible; it is a cache outside the repository (prompts from 
 
     python -m nodes.offline_guard.replies --datasets ../shared/datasets/train --out /tmp/replies.jsonl
 
+With ``--compliance`` it also answers train/'s plain harmful requests (:func:`compliance_prompts`), for
+``train.py --compliance`` (an experiment, off in the shipped recipe; see README.md).
+
 Needs ``llama-cpp-python`` (installed by ``make test-deps``). An interrupted run resumes where it stopped.
 """
 
@@ -35,6 +38,8 @@ REPLY_SOURCES = {
     "nq_open": 20,
 }
 CONTRAST_PER_GROUP = 20
+# direct harmful requests the chat model answers too: its compliant answers become unsafe Agent rows
+COMPLIANCE_SOURCES = ("advbench_harmful_behaviors", "jailbreakbench_behaviors", "strongreject")
 
 
 def reply_prompts(examples: Sequence[Example], seed: int = 0) -> list[Example]:
@@ -53,6 +58,15 @@ def reply_prompts(examples: Sequence[Example], seed: int = 0) -> list[Example]:
         random.Random(f"{seed}:{source}").shuffle(rows)
         picked += rows[:cap]
     return picked
+
+
+def compliance_prompts(examples: Sequence[Example]) -> list[Example]:
+    """The unsafe User rows of :data:`COMPLIANCE_SOURCES` (plain harmful requests, no jailbreak wrapping)."""
+    return [
+        e
+        for e in examples
+        if e.label == 1 and e.response is None and e.source in COMPLIANCE_SOURCES and len(e.prompt) <= 600
+    ]
 
 
 def load_replies(path: Path) -> dict[str, str]:
@@ -99,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compliance", action="store_true", help="also answer train/'s plain harmful requests (train.py --compliance)"
+    )
     args = parser.parse_args(argv)
     examples = load_train_rows(args.datasets, seed=args.seed) + load_contrast(seed=args.seed)[0]
-    prompts = [e.prompt for e in reply_prompts(examples, seed=args.seed)]
+    to_answer = reply_prompts(examples, seed=args.seed) + (compliance_prompts(examples) if args.compliance else [])
+    prompts = list(dict.fromkeys(e.prompt for e in to_answer))
     print(f"{len(prompts)} prompts to answer", flush=True)
     replies = generate(prompts, args.out, threads=args.threads)
     print(f"{sum(p in replies for p in prompts)} replies in {args.out}", flush=True)

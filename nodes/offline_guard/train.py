@@ -22,18 +22,20 @@ from safetensors.torch import save_file
 
 from nodes.evaluation import average_precision
 from nodes.offline_guard.data import (
+    Example,
     generic_benign_texts,
     load_contrast,
     load_train_rows,
     split,
     synth_answers,
+    synth_compliance,
     synth_mismatched,
     synth_openers,
     synth_padded,
     synth_refusals,
 )
 from nodes.offline_guard.model import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
-from nodes.offline_guard.replies import generate, load_replies, reply_prompts
+from nodes.offline_guard.replies import compliance_prompts, generate, load_replies, reply_prompts
 
 TARGET_FPR = 0.08
 
@@ -123,6 +125,45 @@ def choose_threshold(y: np.ndarray, logit: np.ndarray, target_fpr: float) -> flo
     return best
 
 
+def build_examples(
+    datasets: Path,
+    replies_path: Path,
+    *,
+    seed: int,
+    openers: int,
+    compliance: bool,
+    cached_replies_only: bool,
+    threads: int = 2,
+) -> list[Example]:
+    """Every training row, before the split: train/, the contrast sets and the rows made from them.
+
+    The chat model's replies come from ``replies_path`` (generated for missing prompts unless
+    ``cached_replies_only``). The model-answer rows to harmful requests come last, so the rows sampled before
+    them are the same with or without them."""
+    rows = load_train_rows(datasets, seed=seed)
+    contrast, refusals = load_contrast(seed=seed)
+    examples = rows + contrast
+    to_answer = reply_prompts(examples, seed=seed)
+    to_comply = compliance_prompts(examples) if compliance else []
+    prompts = list(dict.fromkeys(e.prompt for e in to_answer + to_comply))
+    if cached_replies_only:
+        replies = load_replies(replies_path)
+        missing = [p for p in prompts if p not in replies]
+        print(f"{len(missing)} of {len(prompts)} prompts have no cached reply and are left out", flush=True)
+        for prompt in missing[:5]:
+            print("  missing:", repr(prompt[:100]), flush=True)
+    else:
+        replies = generate(prompts, replies_path, threads)
+    answers = synth_answers(to_answer, replies)
+    examples += synth_refusals(examples, refusals, n=900, seed=seed)
+    examples += synth_mismatched(examples, answers, n=600, seed=seed)
+    examples += answers
+    examples += synth_openers(answers, n=openers, seed=seed)
+    examples += synth_padded(examples, n=600, seed=seed)
+    examples += synth_compliance(to_comply, replies)
+    return examples
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
@@ -135,6 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", type=int, default=1, help="number of frozen lower layers (of 6)")
     parser.add_argument("--hazard-weight", type=float, default=0.5)
     parser.add_argument("--openers", type=int, default=400, help="harmless answers behind a 'Sure, here's' opener")
+    parser.add_argument(
+        "--compliance",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add the chat model's answers to train/'s plain harmful requests (compliant: unsafe, refusal: safe); "
+        "off in the shipped recipe: see README.md, 'Model-written compliance'",
+    )
     parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -159,24 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
 
-    rows = load_train_rows(args.datasets, seed=args.seed)
-    contrast, refusals = load_contrast(seed=args.seed)
-    examples = rows + contrast
-    to_answer = reply_prompts(examples, seed=args.seed)
-    if args.cached_replies_only:
-        replies = load_replies(args.replies)
-        missing = [e.prompt for e in to_answer if e.prompt not in replies]
-        print(f"{len(missing)} of {len(to_answer)} prompts have no cached reply and are left out", flush=True)
-        for prompt in missing[:5]:
-            print("  missing:", repr(prompt[:100]), flush=True)
-    else:
-        replies = generate([e.prompt for e in to_answer], args.replies, args.threads)
-    answers = synth_answers(to_answer, replies)
-    examples += synth_refusals(examples, refusals, n=900, seed=args.seed)
-    examples += synth_mismatched(examples, answers, n=600, seed=args.seed)
-    examples += answers
-    examples += synth_openers(answers, n=args.openers, seed=args.seed)
-    examples += synth_padded(examples, n=600, seed=args.seed)
+    examples = build_examples(
+        args.datasets,
+        args.replies,
+        seed=args.seed,
+        openers=args.openers,
+        compliance=args.compliance,
+        cached_replies_only=args.cached_replies_only,
+        threads=args.threads,
+    )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
     train, held = split(examples, holdout=0.15, seed=args.seed)
