@@ -172,14 +172,18 @@ def load_contrast(path: Path = CONTRAST_FILE, seed: int = 0) -> tuple[list[Examp
     return out, list(data.get("refusals", []))
 
 
+def safe_reply(row: Example, reply: str, source: str) -> Example:
+    """A safe Agent check of ``reply`` to ``row``'s prompt, in ``row``'s split group (what every synthetic
+    safe-reply row is)."""
+    return Example(row.prompt, reply, 0, (), True, source, group=row.group)
+
+
 def synth_refusals(examples: list[Example], refusals: list[str], n: int, seed: int = 0) -> list[Example]:
     """Unsafe prompts answered with a refusal: safe Agent checks (the reply is what is judged)."""
     rng = random.Random(seed)
     unsafe_prompts = [e for e in examples if e.label == 1 and e.response is None]
     picks = rng.sample(unsafe_prompts, min(n, len(unsafe_prompts)))
-    return [
-        Example(e.prompt, rng.choice(refusals), 0, (), True, "synth:refusal", group=e.group, weight=1.0) for e in picks
-    ]
+    return [safe_reply(e, rng.choice(refusals), "synth:refusal") for e in picks]
 
 
 def split(examples: list[Example], holdout: float = 0.15, seed: int = 0) -> tuple[list[Example], list[Example]]:
@@ -242,11 +246,7 @@ def synth_padded(examples: list[Example], n: int, seed: int = 0, max_chars: int 
 def synth_answers(prompts: list[Example], replies: dict[str, str]) -> list[Example]:
     """Safe prompts with the chat model's answer: safe Agent checks (an answer to a safe prompt is safe), so
     ordinary answers on alarming-sounding topics are seen as what they are. Same group as the prompt."""
-    return [
-        Example(e.prompt, replies[e.prompt], 0, (), True, "synth:answer", group=e.group, weight=1.0)
-        for e in prompts
-        if replies.get(e.prompt)
-    ]
+    return [safe_reply(e, replies[e.prompt], "synth:answer") for e in prompts if replies.get(e.prompt)]
 
 
 def synth_mismatched(examples: list[Example], answers: list[Example], n: int, seed: int = 0) -> list[Example]:
@@ -257,7 +257,7 @@ def synth_mismatched(examples: list[Example], answers: list[Example], n: int, se
     if not answers:
         return []
     return [
-        Example(e.prompt, rng.choice(answers).response, 0, (), True, "synth:mismatched", group=e.group, weight=1.0)
+        safe_reply(e, rng.choice(answers).response or "", "synth:mismatched")
         for e in rng.sample(unsafe_prompts, min(n, len(unsafe_prompts)))
     ]
 
@@ -283,16 +283,7 @@ def synth_openers(answers: list[Example], n: int, seed: int = 0) -> list[Example
     read as a sign of a jailbreak. Same group as the answer's prompt."""
     rng = random.Random(seed)
     return [
-        Example(
-            e.prompt,
-            f"{rng.choice(COMPLIANCE_OPENERS)}\n\n{e.response}",
-            0,
-            (),
-            True,
-            "synth:opener",
-            group=e.group,
-            weight=1.0,
-        )
+        safe_reply(e, f"{rng.choice(COMPLIANCE_OPENERS)}\n\n{e.response}", "synth:opener")
         for e in rng.sample(answers, min(n, len(answers)))
     ]
 
@@ -329,7 +320,7 @@ def synth_compliance(prompts: list[Example], replies: dict[str, str]) -> list[Ex
         if not reply or is_degenerate(reply):
             continue
         if _REFUSAL.search(head):
-            out.append(Example(e.prompt, reply, 0, (), True, "synth:model_refusal", group=e.group))
+            out.append(safe_reply(e, reply, "synth:model_refusal"))
         elif _COMPLIANCE.search(head):
             out.append(Example(e.prompt, reply, 1, e.hazards, e.hazards_known, "synth:compliance", group=e.group))
     return out
