@@ -69,8 +69,11 @@ $(SERVER_STAMP): $(STAMP)
 
 lint: ruff mypy
 
+# formatting is checked on the Python sources (not the notebooks' cells or the Markdown's code blocks)
+FORMATTED := --exclude '*.ipynb' graph nodes policies tests
 ruff: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check $(FORMATTED)
 
 mypy: $(STAMP)
 	$(VENV)/bin/mypy
@@ -85,7 +88,7 @@ eval: setup
 	$(VENV)/bin/guardgraph eval $(foreach s,$(EVAL_SETS),../shared/datasets/eval/$(s).jsonl) --plot docs/pr_curve.png
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff format $(FORMATTED)
 	$(VENV)/bin/ruff check --fix .
 
 clean-stamp:

@@ -24,6 +24,7 @@ from policies.loader import PolicyError
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 class TurnError(RuntimeError):
     """A turn that ended without a reply (the chat model failed); the history is unchanged."""
 
@@ -41,9 +42,7 @@ USER_ERRORS = (
 
 SHARED_OPTIONS: dict[str, Any] = {
     "policy": Annotated[str, typer.Option(help="Bundled policy name or path to a policy YAML file.")],
-    "guard_format": Annotated[
-        str | None, typer.Option(help="llama-guard-1|2|3|3-1b|4; default: the policy's format.")
-    ],
+    "guard_format": Annotated[str | None, typer.Option(help="llama-guard-1|2|3|3-1b|4; default: the policy's format.")],
     "guard_model": Annotated[
         str | None, typer.Option(help="Llama Guard hub id or local path (or the model name at --guard-endpoint).")
     ],
@@ -54,9 +53,7 @@ SHARED_OPTIONS: dict[str, Any] = {
     "chat_endpoint": Annotated[str | None, typer.Option(help="OpenAI-compatible base URL serving the chat model.")],
     "thread": Annotated[str, typer.Option(help="Conversation thread id (persists with --db).")],
     "db": Annotated[Path | None, typer.Option(help="SQLite file that keeps conversations across runs.")],
-    "audit": Annotated[
-        Path | None, typer.Option(help="Append one JSON line per guard decision to this file.")
-    ],
+    "audit": Annotated[Path | None, typer.Option(help="Append one JSON line per guard decision to this file.")],
     "audit_content": Annotated[
         bool, typer.Option("--audit-content", help="Also write the checked message text to the audit log.")
     ],

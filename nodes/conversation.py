@@ -114,9 +114,7 @@ def content_text(content: object) -> str:
             elif kind in MEDIA_BLOCKS:
                 raise ConversationError(f"{kind} content is not supported by text guards: send text only")
             else:
-                raise ConversationError(
-                    f"message content of type {kind!r} is not supported: the guards read text only"
-                )
+                raise ConversationError(f"message content of type {kind!r} is not supported: the guards read text only")
         return "\n".join(parts)
     if content is None:
         raise ConversationError("message content is missing")

@@ -14,7 +14,10 @@ def test_prompt_carries_policy_and_category_thresholds() -> None:
         {
             "name": "strict-finance",
             "threshold": 0.4,
-            "categories": [{"code": "S1", "name": "Violent Crimes"}, {"code": "S2", "name": "Finance", "threshold": 0.2}],
+            "categories": [
+                {"code": "S1", "name": "Violent Crimes"},
+                {"code": "S2", "name": "Finance", "threshold": 0.2},
+            ],
         },
         "inline",
     )

@@ -59,7 +59,9 @@ def expected(thread: int) -> list[list[str]]:
     return out
 """
 
-LOAD = COMMON + """
+LOAD = (
+    COMMON
+    + """
 graph = make_graph()
 barrier = threading.Barrier(THREADS)
 
@@ -76,8 +78,11 @@ with ThreadPoolExecutor(THREADS) as pool:
 bad = [t for t in range(THREADS) if results[t] != expected(t)]
 print(json.dumps({"bad_in_process": bad}))
 """
+)
 
-READ = COMMON + """
+READ = (
+    COMMON
+    + """
 graph = make_graph()
 report = {"bad": [], "duplicate_ids": [], "threads": 0}
 for thread in range(THREADS):
@@ -93,6 +98,7 @@ for thread in range(THREADS):
         report["bad"].append({"thread": thread, "unfinished": list(state.next)})
 print(json.dumps(report))
 """
+)
 
 
 def run_script(script: str, db: Path) -> dict:

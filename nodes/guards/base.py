@@ -46,8 +46,7 @@ class BaseGuard(ABC):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(requests)} requests")
         per_item_ms = (time.perf_counter() - started) * 1000 / len(requests)
         return [
-            v if v.latency_ms else v.with_updates(latency_ms=per_item_ms, guard=v.guard or self.name)
-            for v in verdicts
+            v if v.latency_ms else v.with_updates(latency_ms=per_item_ms, guard=v.guard or self.name) for v in verdicts
         ]
 
     async def acheck(self, request: GuardRequest) -> Verdict:
