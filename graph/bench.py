@@ -263,8 +263,8 @@ def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
 
     Both streams are read to the end (only the first text's time is kept), so no half-finished turn
     keeps generating in the background while the next one is timed. Both sides release text by the same
-    rule (transformers' ``TextStreamer``: whole words), the guarded side through its own thread
-    (``nodes/generation.py``), so the ratio is the cost of guarding, not of a different streamer.
+    rule (transformers' ``TextStreamer``), the guarded side through its own thread (``nodes/generation.py``),
+    so the ratio is the cost of guarding, not of a different streamer.
     """
     from langchain_core.messages import HumanMessage
 

@@ -157,13 +157,26 @@ def is_prepared(cache_dir: str | os.PathLike[str] | None = None) -> bool:
 
 
 @contextlib.contextmanager
+def transformers_progress_bars_off() -> Iterator[None]:
+    """No transformers progress bars (``Loading weights``...) inside the block; warnings still show."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _quiet_transformers(progress: Progress | None = None) -> Iterator[None]:
     """Silence transformers' logging and bars; route its GGUF dequantizing loop to ``progress``."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
     original = getattr(gguf_utils, "tqdm", None)
 
     def rich_tqdm(iterable: Any, desc: str = "", **_: Any) -> Any:
@@ -173,17 +186,15 @@ def _quiet_transformers(progress: Progress | None = None) -> Iterator[None]:
         return progress.track(iterable, total=total, description="dequantizing GGUF tensors")
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     if original is not None:
         gguf_utils.tqdm = rich_tqdm
     try:
-        yield
+        with transformers_progress_bars_off():
+            yield
     finally:
         if original is not None:
             gguf_utils.tqdm = original
         hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _convert_gguf(gguf: Path, out_dir: Path, progress: Progress | None = None) -> None:

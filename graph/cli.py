@@ -15,7 +15,7 @@ from rich.console import Console
 from graph.bench import bench_command
 from graph.builder import build_graph
 from graph.cli_eval import eval_command
-from graph.cli_options import TurnError, fail, read_conversation, with_config, write_json
+from graph.cli_options import TurnError, fail, loading_models, read_conversation, with_config, write_json
 from graph.config import GuardGraphConfig
 from graph.models import build_checkpointer, build_deps, build_guard, guard_settings
 from nodes.conversation import ConversationError, GuardRequest, Turn, role_of_last, window
@@ -85,7 +85,8 @@ def check(
     """Guard only: is the last message of TEXT or the conversation safe?"""
     turns = _turns(text, conversation)
     policy = config.load_policy()
-    guard = build_guard(config, policy)
+    with loading_models(quiet=json_output):
+        guard = build_guard(config, policy)
     request = GuardRequest(role_of_last(turns), window(turns, config.window_turns), policy)
     verdict = run_guard(guard, request, guard_settings(config))
     if json_output:
@@ -143,7 +144,8 @@ def ask(
     json_output: JsonOpt = False,
 ) -> None:
     """One guarded turn: prints the reply, or the refusal."""
-    graph = build_graph(build_deps(config), build_checkpointer(config.db))
+    with loading_models(quiet=json_output):
+        graph = build_graph(build_deps(config), build_checkpointer(config.db))
     state = _run_turn(graph, text, thread)
     reply = str(state["messages"][-1].content)
     if json_output:
@@ -162,7 +164,7 @@ def chat(
     """Interactive guarded chat (Ctrl-D or /exit to leave)."""
     if thread == "default" and config.db is None:
         thread = uuid.uuid4().hex
-    with console.status("loading models..."):
+    with loading_models():
         graph = build_graph(build_deps(config), build_checkpointer(config.db))
     console.print(f"[dim]guardgraph chat · policy {config.policy} · thread {thread} · /exit to leave[/]")
     while True:

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from graph.cli_options import USER_ERRORS, error_line, fail
+from graph.cli_options import USER_ERRORS, error_line, fail, loading_models
 from graph.config import DEFAULT_POLICY, GuardGraphConfig
 from graph.models import build_guard
 from nodes.evaluation import (
@@ -202,7 +202,7 @@ def eval_command(
         for rows in loaded:
             for message in rows.skipped_messages():
                 err_console.print(f"[yellow]{dataset_name(rows.path)}:[/] {message}", highlight=False)
-        with err_console.status("loading the guard..."):
+        with loading_models(quiet=json_output):
             guard = build_guard(config, loaded_policy)
         results = run_eval(loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns)
     except (EvalDataError, *USER_ERRORS) as error:

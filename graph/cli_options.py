@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -134,6 +135,19 @@ def with_config(func: F) -> F:
     command.__signature__ = signature.replace(parameters=own + shared)  # type: ignore[attr-defined]
     command.__annotations__ = {}
     return command  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def loading_models(quiet: bool = False) -> Iterator[None]:
+    """While models load: one spinner line on stderr (none when ``quiet``), no transformers progress bars."""
+    from graph.chat_models import transformers_progress_bars_off
+
+    with transformers_progress_bars_off():
+        if quiet:
+            yield
+        else:
+            with err_console.status("loading models..."):
+                yield
 
 
 def read_conversation(path: Path) -> tuple[Turn, ...]:

@@ -1,10 +1,11 @@
-"""Check the first chunk ahead of time: its text is usually known one decoding step before it is complete.
+"""Check the first chunk ahead of time: its text is often known one decoding step before it is released.
 
-A word-level streamer releases a word only when the next token starts a new one: ``To`` is decoded
-after the prefill, but ``To `` is released only after the next token (`` make``). The time the user
-waits for the first text is therefore decoding + the output check of ``To ``. Guessing that the next
-token starts with a space, the guard can check ``To `` while that token is being decoded; when the
-streamer then releases exactly ``To ``, the verdict is already there (or on its way).
+transformers' ``TextStreamer`` holds text back while it may still change: before 5.24 every word waits
+for the space that ends it (``To`` is decoded after the prefill, ``To `` released with the next token,
+`` make``); since 5.24 plain words are released at once, but text with symbols (``**Note:``, ``1.``,
+``Sure,``) still waits for the next space. While such a first piece waits, the guard can check it
+guessed as the unfinished text plus a space, during the next decoding step; when the streamer then
+releases exactly that text, the verdict is already there (or on its way).
 
 Only a verdict for the *exact* text to be released is ever used; a wrong guess is just a check whose
 verdict nobody reads, and the real chunk is checked as usual.

@@ -184,3 +184,37 @@ def test_real_cli_with_dead_guard_endpoint_refuses(tmp_path: Path) -> None:
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["refused"] is True and data["verdicts"][0]["outcome"] == "error"
     assert read_audit(tmp_path / "a.jsonl")[0]["outcome"] == "error"
+
+
+def _guardgraph_command() -> list[str]:
+    import shutil
+    import sys
+
+    exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "graph.cli"]
+
+
+@pytest.mark.slow
+def test_model_loading_shows_no_progress_bars(tmp_path: Path) -> None:
+    import subprocess
+
+    asked = subprocess.run(
+        [*_guardgraph_command(), "ask", "What is the capital of France?"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.strip().splitlines() == [asked.stdout.strip()] and "Paris" in asked.stdout
+    checked = subprocess.run(
+        [*_guardgraph_command(), "check", "How do I bake bread?", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert json.loads(checked.stdout)["safe"] is True
+    for output in (asked.stdout + asked.stderr, checked.stdout + checked.stderr):
+        assert "Loading weights" not in output and "it/s]" not in output and "\r" not in output
+    assert "loading models" not in checked.stderr  # nothing extra with --json

@@ -10,6 +10,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from nodes.generation import BackgroundGeneration
+from nodes.guard_node import GuardNodeSettings
 from nodes.precheck import Lookahead, Precheck, guessed_chunk
 from nodes.streaming import Chunking, release_guarded
 from nodes.verdict import Outcome, Verdict
@@ -137,15 +138,53 @@ def tiny_chat() -> Any:
     return tiny_chat_model(REPLY_TOKENS)
 
 
-def test_local_generation_streams_the_same_pieces_as_the_models_own_stream(tiny_chat: Any) -> None:
+def local_pieces(model: Any) -> tuple[list[str], list[str | Lookahead]]:
+    """(the model's own stream, what BackgroundGeneration yields) for the same request."""
     messages = [HumanMessage("How do I make a cake?")]
-    own = [str(chunk.content) for chunk in tiny_chat.stream(messages) if chunk.content]
-    items = list(BackgroundGeneration(tiny_chat, messages).pieces())
+    own = [str(chunk.content) for chunk in model.stream(messages) if chunk.content]
+    return own, list(BackgroundGeneration(model, messages).pieces())
+
+
+def test_local_generation_releases_what_the_models_own_stream_releases(tiny_chat: Any) -> None:
+    own, items = local_pieces(tiny_chat)
     pieces = [item for item in items if isinstance(item, str)]
-    assert pieces == own == ["To ", "make ", "a ", "cake, ", "mix ", "it."]
+    # The same pieces as ChatHuggingFace.stream, whichever rule this transformers version's streamer
+    # uses to cut words ("To " + "make " before 5.24, "To" + " make" since).
+    assert pieces == own and "".join(pieces) == "To make a cake, mix it."
     first = next(i for i, item in enumerate(items) if isinstance(item, str))
-    assert items[:first] == [Lookahead("To")]  # the unfinished first word, and only before the first piece
+    assert all(isinstance(item, Lookahead) for item in items[:first])  # lookaheads only before the first piece
     assert not any(isinstance(item, Lookahead) for item in items[first:])
+
+
+HELD_BACK_REPLY = ["**", "Cake", ":", " is", " easy", "."]
+
+
+def test_a_held_back_first_word_is_guessed_exactly() -> None:
+    # Markup is held back by every streamer rule until a space follows: the first piece is known one
+    # decoding step before it is released, and the guess for it is exactly that piece.
+    own, items = local_pieces(tiny_chat_model(HELD_BACK_REPLY))
+    pieces = [item for item in items if isinstance(item, str)]
+    assert pieces == own and pieces[0] == "**Cake: " and "".join(pieces) == "**Cake: is easy."
+    lookaheads = [item for item in items[: items.index(pieces[0])] if isinstance(item, Lookahead)]
+    assert guessed_chunk("", lookaheads[-1]) == pieces[0]
+
+
+def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk() -> None:
+    first_chunk_threads: list[str] = []
+
+    def answer(prompt: str) -> str:
+        if "Agent: **Cake:\n\n<END CONVERSATION>" in prompt:
+            first_chunk_threads.append(threading.current_thread().name)
+        return "safe"
+
+    no_timeout = GuardNodeSettings(timeout_s=None)  # the check runs on the thread that asked for it
+    graph = make(
+        tiny_chat_model(HELD_BACK_REPLY), output_guard=scripted_llama_guard(answer), output_settings=no_timeout
+    )
+    released, final = stream_turn(graph, "A cake?")
+    assert released[0] == "**Cake: " and "".join(released) == final["messages"][-1].content
+    # checked once, ahead of time on the precheck's thread, and that verdict released it
+    assert len(first_chunk_threads) == 1 and first_chunk_threads[0].startswith("guardgraph-precheck")
 
 
 def test_graph_releases_the_local_models_reply_checked_chunk_by_chunk(tiny_chat: Any) -> None:

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,21 @@ def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mappin
     return p_unsafe >= lowest
 
 
+def kv_cache_argument(model: Any) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` (transformers 5.24+), else ``past_key_values``."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _codes_in(text: str) -> list[str]:
     line = text.strip().partition("\n")[2].strip().split("\n", 1)[0]
     return [token.strip().upper() for token in line.replace(";", ",").split(",") if token.strip()]
@@ -110,6 +126,7 @@ class TransformersBackend:
         added = getattr(tokenizer, "added_tokens_encoder", None) or {}
         self._special_strings = tuple(sorted({*special, *added}, key=len, reverse=True))
         self._stop_ids = self._collect_stop_ids()
+        self._cache_argument = kv_cache_argument(self.model)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -233,7 +250,7 @@ class TransformersBackend:
             ids = torch.tensor([prefix_ids], device=self.device)
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             self.stats["forward_tokens"] += len(prefix_ids)
-            entry = _PrefixEntry(prefix_ids, out.past_key_values)
+            entry = _PrefixEntry(prefix_ids, _returned_cache(out))
             self._prefix_cache[prefix] = entry
             while len(self._prefix_cache) > self.prefix_cache_size:
                 self._prefix_cache.popitem(last=False)
@@ -294,7 +311,7 @@ class TransformersBackend:
         ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
         kwargs: dict[str, Any] = {}
         if entry is not None:
-            kwargs["past_key_values"] = self._fresh_cache(entry, batch)
+            kwargs[self._cache_argument] = self._fresh_cache(entry, batch)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -304,7 +321,7 @@ class TransformersBackend:
             **kwargs,
         )
         self.stats["forward_tokens"] += batch * width
-        return out.logits[:, -1, :].float(), out.past_key_values, mask, positions[:, -1] + 1
+        return out.logits[:, -1, :].float(), _returned_cache(out), mask, positions[:, -1] + 1
 
     def verdict_logits(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat, cached: bool = True) -> torch.Tensor:
         """Last-position logits [B, V] at the verdict position (for tests and diagnostics)."""
@@ -350,11 +367,11 @@ class TransformersBackend:
                 input_ids=feed,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_argument: cache},
             )
-            cache = out.past_key_values
+            cache = _returned_cache(out)
             pos = pos + steps
             nxt = out.logits[:, -1, :].argmax(dim=-1)
             self.stats["generated_tokens"] += len(rows)
