@@ -91,7 +91,7 @@ def standin_tokenizer() -> Any:
     """SmolLM2's tokenizer (from the offline chat model, no download) plus the Llama 3 special tokens."""
     from transformers import AutoTokenizer
 
-    from graph.chat_models import is_prepared, offline_model_dir, smollm2_gguf_path
+    from guardgraph.graph.models.chat import is_prepared, offline_model_dir, smollm2_gguf_path
 
     if is_prepared():
         tokenizer = AutoTokenizer.from_pretrained(str(offline_model_dir()))
@@ -122,8 +122,8 @@ def standin_guard_model(tokenizer: Any, seed: int = 0) -> Any:
 
 def standin_backends(model: Any, tokenizer: Any) -> tuple[Any, Any]:
     """(naive, optimized) backends over the same model and tokenizer."""
-    from nodes.formats import get_format
-    from nodes.guards.transformers_backend import TransformersBackend
+    from guardgraph.nodes.guards.llama_guard.formats import get_format
+    from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 
     optimized = TransformersBackend(model, tokenizer, name="standin-135m")
     lead = optimized.verdict_tokens(get_format("llama-guard-3")).lead_len
@@ -134,7 +134,7 @@ def standin_backends(model: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 
 def _standin_policy() -> Any:
-    from policies.loader import load_policy
+    from guardgraph.policies.loader import load_policy
 
     # A random model's P(unsafe) is noise: raise the threshold so benign turns pass as with the real model.
     return load_policy(STANDIN_POLICY).model_copy(update={"threshold": 0.99})
@@ -143,10 +143,10 @@ def _standin_policy() -> Any:
 def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[str, Any]:
     import torch
 
-    from nodes.conversation import GuardRequest, Turn
-    from nodes.formats import get_format
-    from nodes.guards.llama_guard import GuardPrompt
-    from nodes.render import render_parts
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.llama_guard.formats import get_format
+    from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt
+    from guardgraph.nodes.guards.llama_guard.render import render_parts
 
     fmt = get_format("llama-guard-3")
     policy = _standin_policy()
@@ -179,7 +179,7 @@ def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[
 
 
 def _requests(policy: Any, n: int) -> list[Any]:
-    from nodes.conversation import GuardRequest, Turn
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
 
     out = []
     for i in range(n):
@@ -219,8 +219,8 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
 
 
 def _offline_deps(**settings: Any) -> Any:
-    from graph.config import GuardGraphConfig
-    from graph.models import build_deps
+    from guardgraph.graph.config import GuardGraphConfig
+    from guardgraph.graph.models.deps import build_deps
 
     return build_deps(GuardGraphConfig(**settings))
 
@@ -235,7 +235,7 @@ def bench_turns(deps: Any, repeats: int, key: str) -> dict[str, Any]:
     """A guarded turn (graph) ÷ the same chat model answering the same messages unguarded."""
     from langchain_core.messages import HumanMessage
 
-    from graph.builder import build_graph
+    from guardgraph.graph.builder import build_graph
 
     graph = build_graph(deps)
     refused: list[bool] = []
@@ -268,7 +268,7 @@ def bench_ttft(deps: Any, repeats: int) -> dict[str, Any]:
     """
     from langchain_core.messages import HumanMessage
 
-    from graph.builder import build_graph
+    from guardgraph.graph.builder import build_graph
 
     graph = build_graph(deps)
     firsts: dict[str, list[float]] = {"guarded": [], "unguarded": []}
@@ -304,7 +304,7 @@ def bench_cold_start(repeats: int = 1) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
-        "graph.cli",
+        "guardgraph.graph.cli.app",
         "ask",
         "--thread",
         f"bench-{uuid.uuid4().hex[:8]}",
@@ -361,7 +361,7 @@ def run_bench(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the chosen sections; a section that cannot run records its error instead of a number."""
-    from graph.chat_models import THREADS_ENV, configure_torch_threads
+    from guardgraph.graph.models.chat import THREADS_ENV, configure_torch_threads
 
     if threads is not None:
         os.environ[THREADS_ENV] = str(threads)  # the cold-start child process uses the same setting
@@ -387,9 +387,9 @@ def run_bench(
     def llm_deps(**settings: Any) -> Any:
         from dataclasses import replace
 
-        from graph.config import GuardGraphConfig
-        from graph.models import build_deps
-        from nodes.guards.llama_guard import LlamaGuard
+        from guardgraph.graph.config import GuardGraphConfig
+        from guardgraph.graph.models.deps import build_deps
+        from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
         model, tokenizer = get_standin()
         guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
@@ -405,7 +405,7 @@ def run_bench(
         )
 
         def llm_batch_step() -> dict[str, Any]:
-            from nodes.guards.llama_guard import LlamaGuard
+            from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
             model, tokenizer = get_standin()
             guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")

@@ -14,16 +14,16 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from graph.state import GuardedChatState
-from nodes.chat import ChatNodeDeps, make_chat_node
-from nodes.generation import SpeculationRegistry
-from nodes.guard_node import GuardNodeSettings, make_guard_node
-from nodes.guards.base import Guard
-from nodes.guards.memo import RecentVerdicts
-from nodes.refuse import make_refuse_node
-from nodes.speculation import speculative
-from nodes.streaming import Chunking
-from policies.model import Policy
+from guardgraph.nodes.chat import ChatNodeDeps, make_chat_node
+from guardgraph.nodes.guard_node import GuardNodeSettings, make_guard_node
+from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.guards.recent import RecentVerdicts
+from guardgraph.nodes.refuse import make_refuse_node
+from guardgraph.nodes.speculation import speculative
+from guardgraph.nodes.state import GuardedChatState
+from guardgraph.nodes.streaming.generation import SpeculationRegistry
+from guardgraph.nodes.streaming.holdback import Chunking
+from guardgraph.policies.model import Policy
 
 
 @dataclass

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodes.formats import get_format
-from policies.loader import load_policy
-from policies.model import Policy
+from guardgraph.nodes.guards.llama_guard.formats import get_format
+from guardgraph.policies.loader import load_policy
+from guardgraph.policies.model import Policy
 
 DEFAULT_POLICY = "llama-guard-3"
 # None: the chat model's own template supplies its default system prompt. (SmolLM2-135M, the offline

@@ -5,10 +5,10 @@ builds the graph once per process (off the event loop: loading models takes seco
 back the same compiled graph. The graph is compiled WITHOUT a checkpointer: the server provides
 persistence (in memory for ``langgraph dev``, Postgres in production) and threads.
 
-Python code can use the same graph directly: ``from graph.server import graph`` (built on first
+Python code can use the same graph directly: ``from guardgraph.graph.server import graph`` (built on first
 access) or :func:`get_graph`.
 
-Settings come from the environment, one variable per :class:`graph.config.GuardGraphConfig` field,
+Settings come from the environment, one variable per :class:`guardgraph.graph.config.GuardGraphConfig` field,
 named ``GUARDGRAPH_`` + the field in capitals; unset means the CLI's default (offline models):
 
 - ``GUARDGRAPH_POLICY`` (``llama-guard-3``), ``GUARDGRAPH_GUARD_FORMAT``
@@ -22,7 +22,7 @@ named ``GUARDGRAPH_`` + the field in capitals; unset means the CLI's default (of
 thread as soon as the server imports this module, so the first run does not wait for the models.
 
 ``GUARDGRAPH_SERVER_FACTORY=package.module:function`` replaces the model setup: the function takes
-no arguments and returns the :class:`graph.builder.GuardedChatDeps` to build the graph from (tests
+no arguments and returns the :class:`guardgraph.graph.builder.GuardedChatDeps` to build the graph from (tests
 use it to serve scripted models).
 """
 
@@ -37,8 +37,8 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 
-from graph.builder import GuardedChatDeps, build_graph
-from graph.config import GuardGraphConfig
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.graph.config import GuardGraphConfig
 
 ENV_PREFIX = "GUARDGRAPH_"
 FACTORY_ENV = "GUARDGRAPH_SERVER_FACTORY"
@@ -84,7 +84,7 @@ def build_server_graph(environ: Mapping[str, str] | None = None) -> CompiledStat
     if spec:
         deps = _factory_deps(spec)
     else:
-        from graph.models import build_deps
+        from guardgraph.graph.models.deps import build_deps
 
         deps = build_deps(config_from_env(environ))
     return build_graph(deps, checkpointer=None)

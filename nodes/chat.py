@@ -16,14 +16,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 
-from nodes.conversation import GuardRequest, Turn, turns_from_messages, window
-from nodes.generation import BackgroundGeneration, SpeculationRegistry
-from nodes.guard_node import GuardNodeSettings, run_guard, thread_of
-from nodes.guards.base import Guard
-from nodes.speculation import chat_messages, turn_key
-from nodes.streaming import Chunking, release_guarded
-from nodes.verdict import Verdict
-from policies.model import Policy
+from guardgraph.nodes.checks.request import GuardRequest, Turn, turns_from_messages, window
+from guardgraph.nodes.checks.verdict import Verdict
+from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard, thread_of
+from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.speculation import chat_messages, turn_key
+from guardgraph.nodes.streaming.generation import BackgroundGeneration, SpeculationRegistry
+from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
+from guardgraph.policies.model import Policy
 
 TOKEN_EVENT = "token"
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
 
-from nodes.conversation import (
+from guardgraph.nodes.checks.request import (
     ConversationError,
     GuardRequest,
     Turn,
@@ -28,12 +28,12 @@ from nodes.conversation import (
     turns_from_messages,
     window,
 )
-from nodes.guards.base import Guard, error_verdict
-from nodes.verdict import Outcome, Role, Verdict
-from policies.model import Policy
+from guardgraph.nodes.checks.verdict import Outcome, Role, Verdict
+from guardgraph.nodes.guards.base import Guard, error_verdict
+from guardgraph.policies.model import Policy
 
 if TYPE_CHECKING:
-    from nodes.audit import AuditLog
+    from guardgraph.nodes.checks.audit import AuditLog
 
 INPUT_ERROR = "input_error"  # metadata flag: the content itself could not be checked
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from nodes.verdict import Outcome, Verdict
-from policies.model import Policy
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.policies.model import Policy
 
 UNDECIDED_REFUSAL = "I can't answer that right now: the safety check could not be completed."
 

@@ -9,8 +9,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
-from nodes.generation import SpeculationRegistry
-from nodes.guard_node import thread_of
+from guardgraph.nodes.guard_node import thread_of
+from guardgraph.nodes.streaming.generation import SpeculationRegistry
 
 Node = Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]
 

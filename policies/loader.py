@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies.model import Policy
+from guardgraph.policies.model import Policy
 
 POLICY_DIR = Path(__file__).resolve().parent
 

@@ -11,11 +11,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from nodes.conversation import GuardRequest
-from nodes.formats import GuardFormat
-from nodes.guards.base import BaseGuard, Guard
-from nodes.guards.llama_guard import Completion, GuardPrompt, LlamaGuard
-from nodes.verdict import Verdict
+from guardgraph.nodes.checks.request import GuardRequest
+from guardgraph.nodes.checks.verdict import Verdict
+from guardgraph.nodes.guards.base import BaseGuard, Guard
+from guardgraph.nodes.guards.llama_guard.formats import GuardFormat
+from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt, LlamaGuard
 
 
 class ScriptedBackend:

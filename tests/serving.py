@@ -15,11 +15,11 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from graph.builder import GuardedChatDeps
-from nodes.conversation import GuardRequest
-from nodes.guards.llama_guard import LlamaGuard
-from nodes.verdict import Verdict
-from policies import load_policy
+from guardgraph.graph.builder import GuardedChatDeps
+from guardgraph.nodes.checks.request import GuardRequest
+from guardgraph.nodes.checks.verdict import Verdict
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.policies import load_policy
 from tests.scripted import keyword_answer, scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")

@@ -9,11 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
-from nodes.audit import AuditLog, policy_hash, read_audit
-from nodes.conversation import GuardRequest, Turn
-from nodes.guard_node import GuardNodeSettings, run_guard
-from nodes.verdict import CategoryHit, Outcome, Verdict
-from policies import load_policy
+from guardgraph.nodes.checks.audit import AuditLog, policy_hash, read_audit
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
+from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard
+from guardgraph.policies import load_policy
 from tests.scripted import scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")
@@ -75,8 +75,8 @@ def test_concurrent_threads_write_whole_lines(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from nodes.audit import AuditLog
-from nodes.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.audit import AuditLog
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
 log = AuditLog(sys.argv[1])
 for i in range(int(sys.argv[3])):
     log.write({"writer": sys.argv[2], "i": i, "pad": "y" * 8000})

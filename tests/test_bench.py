@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from graph.bench import GOALS, SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
-from nodes.guards.base import BaseGuard
-from nodes.verdict import Outcome, Verdict
-from policies.loader import load_policy
+from guardgraph.graph.bench import GOALS, SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guards.base import BaseGuard
+from guardgraph.policies.loader import load_policy
 from tests.tiny_models import build_llama, build_tokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import SecretStr
 
-from graph import chat_models as cm
+import guardgraph.graph.models.chat as cm
 
 # ----------------------------------------------------------------------------- fast: no model
 

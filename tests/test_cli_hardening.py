@@ -10,9 +10,9 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from typer.testing import CliRunner
 
-import graph.models as models
-from graph.cli import app
-from nodes.audit import read_audit
+import guardgraph.graph.models.deps as models
+from guardgraph.graph.cli.app import app
+from guardgraph.nodes.checks.audit import read_audit
 from tests.scripted import keyword_answer, scripted_llama_guard
 
 DEAD_ENDPOINT = ["--guard-endpoint", "http://127.0.0.1:9/v1", "--guard-model", "x"]
@@ -98,7 +98,7 @@ def test_unexpected_exception_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     def explode(config: Any, policy: Any) -> Any:
         raise RuntimeError("kaboom\nsecond line")
 
-    monkeypatch.setattr("graph.cli.build_guard", explode)
+    monkeypatch.setattr("guardgraph.graph.cli.app.build_guard", explode)
     result = invoke("check", "hello")
     assert result.exit_code == 1
     assert one_error_line(result) == "error: RuntimeError: kaboom"
@@ -165,14 +165,14 @@ def test_real_cli_with_dead_guard_endpoint_refuses(tmp_path: Path) -> None:
     import sys
 
     try:
-        from graph.chat_models import offline_model_dir
+        from guardgraph.graph.models.chat import offline_model_dir
 
         if not offline_model_dir().exists():
             pytest.skip("the offline chat model cache is not prepared (make setup)")
     except ImportError:
-        pytest.skip("graph.chat_models is not available")
+        pytest.skip("guardgraph.graph.models.chat is not available")
     exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
-    command = [exe] if exe else [sys.executable, "-m", "graph.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]
     result = subprocess.run(
         [*command, "ask", "hello", *DEAD_ENDPOINT, "--json", "--audit", str(tmp_path / "a.jsonl")],
         capture_output=True,
@@ -191,7 +191,7 @@ def _guardgraph_command() -> list[str]:
     import sys
 
     exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "graph.cli"]
+    return [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graph.builder import GuardedChatDeps, build_graph
-from nodes.guard_node import GuardNodeSettings
-from nodes.guarded_chat_model import GuardedChatModel
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.nodes.guard_node import GuardNodeSettings
+from guardgraph.nodes.integrations.guarded_chat_model import GuardedChatModel
 from tests.scripted import RaisingGuard
 from tests.serving import POLICY, EchoChatModel, SleepyGuard, input_guard, make_deps, output_guard
 

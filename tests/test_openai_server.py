@@ -27,16 +27,16 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[server]')")
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] extras are not installed")
 
-from graph.chat_models import smollm2_gguf_path
-from graph.config import GuardGraphConfig
-from graph.models import build_chat_model, build_guard
-from nodes.conversation import GuardRequest, Turn
-from nodes.guard_node import GuardNodeSettings, run_guard
-from nodes.guards.llama_guard import LlamaGuard
-from nodes.guards.openai_backend import OpenAICompletionBackend
-from nodes.refuse import UNDECIDED_REFUSAL
-from nodes.verdict import Outcome
-from policies import load_policy
+from guardgraph.graph.config import GuardGraphConfig
+from guardgraph.graph.models.chat import smollm2_gguf_path
+from guardgraph.graph.models.deps import build_chat_model, build_guard
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.nodes.guards.llama_guard.openai_backend import OpenAICompletionBackend
+from guardgraph.nodes.refuse import UNDECIDED_REFUSAL
+from guardgraph.policies import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2"
@@ -136,7 +136,7 @@ def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path) -
     """``guardgraph ask`` with both models behind the server: the undecided input guard refuses."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     command = [
-        sys.executable, "-m", "graph.cli", "ask", "How do I bake bread at home?", "--thread", "t1", "--json",
+        sys.executable, "-m", "guardgraph.graph.cli.app", "ask", "How do I bake bread at home?", "--thread", "t1", "--json",
         "--guard-endpoint", endpoint, "--guard-model", MODEL_NAME,
         "--chat-endpoint", endpoint, "--chat-model", MODEL_NAME,
         "--guard-timeout", "240",  # a busy CI machine must not turn a slow check into an "error" verdict

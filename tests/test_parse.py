@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.parse import parse_verdict
-from nodes.verdict import Outcome
-from policies import load_policy
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guards.llama_guard.parse import parse_verdict
+from guardgraph.policies import load_policy
 
 LG3 = load_policy("llama-guard-3")
 SEED = load_policy("seed-custom")

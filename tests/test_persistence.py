@@ -23,9 +23,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from graph.builder import GuardedChatDeps, build_graph
-from graph.models import build_checkpointer
-from policies import load_policy
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.graph.models.deps import build_checkpointer
+from guardgraph.policies import load_policy
 from tests.scripted import keyword_answer, scripted_llama_guard
 
 class EchoChat(BaseChatModel):

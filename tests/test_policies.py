@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import PolicyError, bundled_policy_names, load_policy
+from guardgraph.policies import PolicyError, bundled_policy_names, load_policy
 
 EXPECTED_CODES = {
     "llama-guard-1": [f"O{i}" for i in range(1, 7)],

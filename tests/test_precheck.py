@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
-from nodes.generation import BackgroundGeneration
-from nodes.guard_node import GuardNodeSettings
-from nodes.precheck import Lookahead, Precheck, guessed_chunk
-from nodes.streaming import Chunking, release_guarded
-from nodes.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guard_node import GuardNodeSettings
+from guardgraph.nodes.streaming.generation import BackgroundGeneration
+from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
+from guardgraph.nodes.streaming.precheck import Lookahead, Precheck, guessed_chunk
 from tests.scripted import SlowGuard, keyword_answer, scripted_llama_guard
 from tests.test_streaming import make, stream_turn
 from tests.tiny_models import tiny_chat_model

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from graph.cli import app
-from nodes.conversation import GuardRequest, Turn
-from nodes.formats import FORMATS, get_format
-from nodes.render import render_parts, render_prompt
-from policies import load_policy
+from guardgraph.graph.cli.app import app
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.guards.llama_guard.formats import FORMATS, get_format
+from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
+from guardgraph.policies import load_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = (Turn("user", "How do I make a cake?"),)
@@ -244,7 +244,16 @@ def test_cli_render_prints_exactly_the_golden(fmt: str, role: str, tmp_path: Pat
 def test_installed_cli_render_adds_no_newline(tmp_path: Path) -> None:
     path = _conversation_file(tmp_path, AGENT)
     result = subprocess.run(
-        [sys.executable, "-m", "graph.cli", "render", "--policy", "llama-guard-3", "--conversation", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "guardgraph.graph.cli.app",
+            "render",
+            "--policy",
+            "llama-guard-3",
+            "--conversation",
+            str(path),
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
-import graph.server as server
-from graph.config import DEFAULT_SYSTEM_PROMPT
+import guardgraph.graph.server as server
+from guardgraph.graph.config import DEFAULT_SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_one_graph_per_process_without_a_checkpointer() -> None:
     assert built.checkpointer is None  # the LangGraph server brings its own
     assert server.get_graph() is built
     assert asyncio.run(server.make_graph()) is built
-    from graph.server import graph  # the lazy module attribute
+    from guardgraph.graph.server import graph  # the lazy module attribute
 
     assert graph is built
     state = built.invoke({"messages": [HumanMessage("Hi")]})

@@ -8,11 +8,11 @@ from typing import Any
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graph.builder import GuardedChatDeps, build_graph
-from nodes.guards.base import Guard
-from nodes.streaming import Chunking, release_guarded
-from nodes.verdict import Outcome, Verdict
-from policies import load_policy
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
+from guardgraph.policies import load_policy
 from tests.scripted import ScriptedChatModel, SlowGuard, keyword_answer, scripted_llama_guard
 
 POLICY = load_policy("llama-guard-3")

@@ -9,15 +9,15 @@ import time
 import pytest
 import torch
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.formats import get_format
-from nodes.guards.base import BaseGuard
-from nodes.guards.batching import BatchingGuard
-from nodes.guards.llama_guard import GuardPrompt, LlamaGuard
-from nodes.guards.transformers_backend import TransformersBackend, decide_unsafe
-from nodes.render import render_parts, render_prompt
-from nodes.verdict import Outcome, Verdict
-from policies.loader import load_policy
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guards.base import BaseGuard
+from guardgraph.nodes.guards.batching import BatchingGuard
+from guardgraph.nodes.guards.llama_guard.formats import get_format
+from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt, LlamaGuard
+from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
+from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend, decide_unsafe
+from guardgraph.policies.loader import load_policy
 from tests.tiny_models import build_llama, build_tokenizer, make_bigram, save_tiny_guard, single_id
 
 LG3 = get_format("llama-guard-3")

@@ -18,10 +18,10 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.formats import FORMATS
-from nodes.render import render_prompt
-from policies.loader import load_policy
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.guards.llama_guard.formats import FORMATS
+from guardgraph.nodes.guards.llama_guard.render import render_prompt
+from guardgraph.policies.loader import load_policy
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",

@@ -1,5 +1,5 @@
 """Guard backends: Llama Guard over transformers or any LangChain model, and the offline default guard."""
 
-from nodes.guards.base import BaseGuard, Guard, error_verdict
+from guardgraph.nodes.guards.base import BaseGuard, Guard, error_verdict
 
 __all__ = ["BaseGuard", "Guard", "error_verdict"]

@@ -8,8 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from nodes.conversation import GuardRequest
-from nodes.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.request import GuardRequest
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
 
 
 @runtime_checkable

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from queue import Empty, SimpleQueue
 
-from nodes.conversation import GuardRequest
-from nodes.guards.base import Guard
-from nodes.verdict import Verdict
+from guardgraph.nodes.checks.request import GuardRequest
+from guardgraph.nodes.checks.verdict import Verdict
+from guardgraph.nodes.guards.base import Guard
 
 _STOP = object()
 

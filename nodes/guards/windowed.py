@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nodes.conversation import GuardRequest, Turn
-from nodes.guards.base import Guard
-from nodes.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.guards.base import Guard
 
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
 LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions

