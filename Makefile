@@ -76,7 +76,7 @@ endif
 
 # Converts SmolLM2's GGUF to a cached checkpoint once (~30 s); afterwards a fraction of a second.
 models: $(STAMP)
-	$(PY) -m guardgraph.graph.models.chat --prepare
+	$(VENV)/bin/guardgraph prepare
 
 chat: setup
 	$(VENV)/bin/guardgraph chat $(ARGS)

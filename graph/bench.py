@@ -1,7 +1,8 @@
-"""``guardgraph bench``: what the guards cost, measured side by side in one run on this machine.
+"""What the guards cost, measured side by side in one run on this machine (``guardgraph bench``).
 
 Every number is a ratio of two paths timed interleaved (A, B, A, B, ...) in the same process, medians
-taken, so a busy machine slows both sides alike. Keys:
+taken, so a busy machine slows both sides alike. The bench reports numbers; the goals they are held
+against live in BENCHMARKS.md. Keys:
 
 - ``llm_guard_check_speedup``: a Llama Guard check done the naive way (whole prompt, ``generate``
   the verdict) ÷ the optimized way (cached policy prefix, one forward pass over the conversation,
@@ -22,7 +23,6 @@ taken, so a busy machine slows both sides alike. Keys:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -32,9 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 STANDIN_POLICY = "llama-guard-3-descriptions"
@@ -91,7 +89,8 @@ def standin_tokenizer() -> Any:
     """SmolLM2's tokenizer (from the offline chat model, no download) plus the Llama 3 special tokens."""
     from transformers import AutoTokenizer
 
-    from guardgraph.graph.models.chat import is_prepared, offline_model_dir, smollm2_gguf_path
+    from guardgraph.graph.models.offline_chat import is_prepared, offline_model_dir
+    from guardgraph.nodes.shipped_models import smollm2_gguf_path
 
     if is_prepared():
         tokenizer = AutoTokenizer.from_pretrained(str(offline_model_dir()))
@@ -236,13 +235,15 @@ def bench_turns(deps: Any, repeats: int, key: str) -> dict[str, Any]:
     from langchain_core.messages import HumanMessage
 
     from guardgraph.graph.builder import build_graph
+    from guardgraph.nodes.context import Context
 
     graph = build_graph(deps)
     refused: list[bool] = []
 
     def guarded(i: int) -> None:
-        config: Any = {"configurable": {"thread_id": uuid.uuid4().hex, "stream_tokens": False}}
-        state = graph.invoke({"messages": [HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])]}, config)
+        config: Any = {"configurable": {"thread_id": uuid.uuid4().hex}}
+        message = HumanMessage(USER_MESSAGES[i % len(USER_MESSAGES)])
+        state = graph.invoke({"messages": [message]}, config, context=Context(stream_tokens=False))
         refused.append(bool(state.get("refused")))
 
     def unguarded(i: int) -> None:
@@ -361,7 +362,7 @@ def run_bench(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the chosen sections; a section that cannot run records its error instead of a number."""
-    from guardgraph.graph.models.chat import THREADS_ENV, configure_torch_threads
+    from guardgraph.graph.models.torch_threads import THREADS_ENV, configure_torch_threads
 
     if threads is not None:
         os.environ[THREADS_ENV] = str(threads)  # the cold-start child process uses the same setting
@@ -437,53 +438,3 @@ def run_bench(
     if errors:
         results["errors"] = errors
     return results
-
-
-GOALS = {
-    "llm_guard_check_speedup": (">=", 5.0),
-    "guarded_turn_ratio": ("<=", 1.05),
-    "llm_guarded_turn_ratio": ("<=", 1.15),
-    "ttft_ratio": ("<=", 1.2),
-    "batch_speedup": (">=", 3.0),
-    "cold_start_s": ("<=", 15.0),
-}
-
-
-def bench_command(
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
-    only: Annotated[
-        list[str] | None, typer.Option("--only", help=f"Run only these sections: {', '.join(SECTIONS)}.")
-    ] = None,
-    repeats: Annotated[int, typer.Option(help="Timed rounds per comparison (medians are reported).")] = 3,
-    llm_batch: Annotated[int, typer.Option(help="Checks in the stand-in Llama Guard batch comparison.")] = 16,
-    threads: Annotated[
-        int | None, typer.Option(help="torch intra-op threads (default: $GUARDGRAPH_TORCH_THREADS or half the CPUs).")
-    ] = None,
-) -> None:
-    """Measure guard overheads side by side on this machine (ratios; see BENCHMARKS.md)."""
-    sections = tuple(only) if only else SECTIONS
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        raise typer.BadParameter(f"unknown sections {unknown}: use {', '.join(SECTIONS)}")
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if json_output else (lambda m: print(m, flush=True))
-    results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log, threads=threads)
-    if json_output:
-        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
-        return
-    for key, value in results.items():
-        if key in ("machine", "errors"):
-            continue
-        goal = GOALS.get(key)
-        mark = ""
-        if goal and isinstance(value, float):
-            ok = value >= goal[1] if goal[0] == ">=" else value <= goal[1]
-            mark = f"   (goal {goal[0]} {goal[1]}: {'met' if ok else 'NOT met'})"
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key:40s} {shown}{mark}")
-    for name, error in results.get("errors", {}).items():
-        print(f"{name:40s} not measured: {error}")
-    print(json.dumps(results["machine"]))
-
-
-if __name__ == "__main__":
-    typer.run(bench_command)

@@ -1,4 +1,8 @@
-"""Settings shared by the CLI, the server export and notebooks: which models, policy and guard modes."""
+"""Settings shared by the CLI, the server and notebooks: which models, policy and guard modes.
+
+One :class:`GuardGraphConfig` selects everything a deployment fixes; ``None`` means the offline
+default. What may vary per run is the graph's ``Context`` (``guardgraph.nodes.context``).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,42 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guardgraph.nodes import defaults
 from guardgraph.nodes.guards.llama_guard.formats import get_format
 from guardgraph.policies.loader import load_policy
 from guardgraph.policies.model import Policy
 
-DEFAULT_POLICY = "llama-guard-3"
-# None: the chat model's own template supplies its default system prompt. (SmolLM2-135M, the offline
-# default, answers "What is the capital of France?" with nonsense under a custom system prompt.)
-DEFAULT_SYSTEM_PROMPT: str | None = None
+DEFAULT_POLICY = defaults.POLICY
 
 
 class GuardGraphConfig(BaseModel):
-    """Everything that selects models and behaviour; None means the offline default."""
+    """Everything that selects models and behaviour; None means the offline default.
+
+    ``guard_backend`` names the guard backend (see ``guardgraph.graph.models.guards``); None picks it
+    from the other options: ``--guard-endpoint`` an OpenAI-compatible server, ``--guard-model`` local
+    transformers weights, neither the offline guard. ``system_prompt`` None lets the chat model's own
+    template supply its default (SmolLM2-135M, the offline default, answers poorly under a custom one).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: str = DEFAULT_POLICY
+    policy: str = defaults.POLICY
+    guard_backend: str | None = None
     guard_format: str | None = None
     guard_model: str | None = None
     guard_endpoint: str | None = None
     chat_model: str | None = None
     chat_endpoint: str | None = None
     api_key: str | None = None
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    window_turns: int = Field(default=6, ge=1)
+    system_prompt: str | None = None
+    window_turns: int = Field(default=defaults.WINDOW_TURNS, ge=1)
     descriptions: bool = True
     fail_open: bool = False
     shadow: bool = False
-    guard_timeout_s: float = Field(default=60.0, gt=0)
-    max_new_tokens: int = Field(default=256, ge=1)
+    guard_timeout_s: float = Field(default=defaults.GUARD_TIMEOUT_S, gt=0, allow_inf_nan=False)
+    # Concurrent checks (a server's parallel runs) wait up to this long to share one batched guard call.
+    guard_batch_window_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    max_new_tokens: int = Field(default=defaults.MAX_NEW_TOKENS, ge=1)
     db: Path | None = None
     audit: Path | None = None
     audit_content: bool = False
@@ -43,7 +54,7 @@ class GuardGraphConfig(BaseModel):
         return load_policy(self.policy)
 
     def resolved_guard_format(self, policy: Policy) -> str:
-        """The explicit format, else the policy's own, else Llama Guard 3's."""
-        name = self.guard_format or policy.guard_format or "llama-guard-3"
+        """The explicit format, else the policy's own, else the default format."""
+        name = self.guard_format or policy.guard_format or defaults.GUARD_FORMAT
         get_format(name)  # fail early on unknown names
         return name

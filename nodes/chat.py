@@ -1,27 +1,27 @@
-"""The chat node: the injected chat model writes a draft reply, released to the user only as it passes the guard.
+"""The chat node: the chat model writes a draft reply, released to the user only as it passes the guard.
 
-The draft goes to ``state['draft']``; only the output guard node moves it into ``messages`` (its check of
-the complete draft is the stream's last check, remembered by ``RecentVerdicts``). When the
-graph is streamed with ``stream_mode="custom"``, passed text arrives as ``{"guardgraph": "token", "text": ...}``
-events; nothing the output guard has not passed is ever written to the stream.
+The draft goes to ``state['draft']``; only the output guard node moves it into ``messages``. When the
+graph is streamed with ``stream_mode="custom"``, text the output guard passed arrives as
+``{"guardgraph": "token", "text": ...}`` events; nothing the output guard has not passed is ever
+written to the stream. A run with ``Context(stream_tokens=False)`` skips the chunk checks: the output
+guard node checks the complete draft once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableConfig
-from langgraph.config import get_stream_writer
+from langgraph.runtime import Runtime
 
-from guardgraph.nodes.checks.request import GuardRequest, Turn, turns_from_messages, window
+from guardgraph.nodes.checks.run import GuardSettings, check
 from guardgraph.nodes.checks.verdict import Verdict
-from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard, thread_of
+from guardgraph.nodes.context import Context, run_context, thread_id
+from guardgraph.nodes.guard_node import run_settings
 from guardgraph.nodes.guards.base import Guard
-from guardgraph.nodes.speculation import chat_messages, turn_key
-from guardgraph.nodes.streaming.generation import BackgroundGeneration, SpeculationRegistry
+from guardgraph.nodes.speculation import SpeculationRegistry, chat_messages, system_prompt_for, turn_key
+from guardgraph.nodes.state import GuardedChatState, Node, StateUpdate
+from guardgraph.nodes.streaming.generation import BackgroundGeneration
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
 from guardgraph.policies.model import Policy
 
@@ -35,37 +35,40 @@ class ChatNodeDeps:
     model: BaseChatModel
     output_guard: Guard
     policy: Policy
-    output_settings: GuardNodeSettings
+    output_settings: GuardSettings
     system_prompt: str | None = None
     registry: SpeculationRegistry = field(default_factory=SpeculationRegistry)
     chunking: Chunking = field(default_factory=Chunking)
 
 
-def stream_tokens_requested(config: RunnableConfig | None) -> bool:
-    """Chunk-by-chunk checks run unless the caller said it does not stream (``stream_tokens=False``)."""
-    return bool(((config or {}).get("configurable") or {}).get("stream_tokens", True))
-
-
-def make_chat_node(deps: ChatNodeDeps) -> Callable[[dict[str, Any], RunnableConfig], dict[str, Any]]:
-    def chat(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        generation = deps.registry.take(turn_key(state, config)) or BackgroundGeneration(
-            deps.model, chat_messages(state, deps.system_prompt)
+def make_chat_node(deps: ChatNodeDeps) -> Node:
+    def chat(state: GuardedChatState, runtime: Runtime[Context]) -> StateUpdate:
+        context = run_context(runtime)
+        policy = context.resolve_policy(deps.policy)
+        settings = run_settings(deps.output_settings, context)
+        prompt = system_prompt_for(context, deps.system_prompt)
+        generation = deps.registry.take(turn_key(state, runtime)) or BackgroundGeneration(
+            deps.model, chat_messages(state, prompt)
         )
-        earlier = turns_from_messages(state["messages"])
 
-        def check(reply: str) -> Verdict:
-            turns = window((*earlier, Turn("assistant", reply)), deps.output_settings.window_turns)
-            request = GuardRequest("Agent", turns, deps.policy)
-            return run_guard(deps.output_guard, request, deps.output_settings, thread_of(config))
+        def check_reply(reply: str) -> Verdict:
+            return check(
+                deps.output_guard,
+                "Agent",
+                state["messages"],
+                policy,
+                settings,
+                reply=reply,
+                thread_id=thread_id(runtime),
+            )
 
         try:
-            if not stream_tokens_requested(config):
+            if not context.stream_tokens:
                 return {"draft": "".join(generation.tokens()), "error": None}
-            writer = get_stream_writer()
             result = release_guarded(
                 generation.pieces(),
-                check,
-                lambda text: writer({"guardgraph": TOKEN_EVENT, "text": text}),
+                check_reply,
+                lambda text: runtime.stream_writer({"guardgraph": TOKEN_EVENT, "text": text}),
                 deps.chunking,
             )
         except Exception as error:  # the turn ends with a clear message; the history stays as it was

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
 
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.context import Context, run_context
+from guardgraph.nodes.state import GuardedChatState, Node, StateUpdate
 from guardgraph.policies.model import Policy
-
-UNDECIDED_REFUSAL = "I can't answer that right now: the safety check could not be completed."
 
 
 def refusal_text(verdict: Verdict, policy: Policy) -> str:
-    """The category's own refusal where the policy has one, else the policy's default."""
+    """What the user is told, all of it policy data: the refusal for an undecided check, else the violated
+    categories' own refusals, else the policy's default refusal."""
     if verdict.outcome in (Outcome.ERROR, Outcome.UNPARSEABLE):
-        return UNDECIDED_REFUSAL
+        return policy.undecided_refusal
     messages: list[str] = []
     for hit in verdict.categories:
         category = policy.category(hit.code)
@@ -25,11 +24,11 @@ def refusal_text(verdict: Verdict, policy: Policy) -> str:
     return " ".join(messages) if messages else policy.default_refusal
 
 
-def make_refuse_node(policy: Policy) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    def refuse(state: dict[str, Any]) -> dict[str, Any]:
+def make_refuse_node(policy: Policy) -> Node:
+    def refuse(state: GuardedChatState, runtime: Runtime[Context]) -> StateUpdate:
         verdict = Verdict.from_dict(state["verdicts"][-1])
         message = AIMessage(
-            refusal_text(verdict, policy),
+            refusal_text(verdict, run_context(runtime).resolve_policy(policy)),
             response_metadata={"guardgraph": {"refused": True, "role": verdict.role}},
         )
         return {"messages": [message], "draft": None, "refused": True}

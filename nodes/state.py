@@ -1,22 +1,54 @@
-"""The graph's state: the conversation, this turn's draft reply and this turn's guard verdicts."""
+"""What a turn carries through the graph: the conversation, the draft reply and this turn's verdicts."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, Protocol, TypedDict
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from langgraph.runtime import Runtime
+
+from guardgraph.nodes.context import Context
+
+VerdictRecord = dict[str, Any]  # Verdict.to_dict(): JSON-ready, so checkpoints and the server can store it
+
+
+def turn_verdicts(current: list[VerdictRecord] | None, new: list[VerdictRecord] | None) -> list[VerdictRecord]:
+    """The reducer of ``verdicts``: a User verdict starts a new turn's list; later verdicts are appended."""
+    if not new:
+        return list(current or [])
+    if new[0].get("role") == "User":
+        return list(new)
+    return [*(current or []), *new]
 
 
 class GuardedChatState(TypedDict):
     """``messages`` persists per thread; ``draft`` holds a reply no guard has passed yet (never shown).
 
-    ``error`` is set when the chat model failed and the turn ended without a reply.
+    ``blocked`` is the last guard's decision, ``refused`` says the turn ended with a refusal, and ``error``
+    is set when the chat model failed and the turn ended without a reply.
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
     draft: NotRequired[str | None]
-    verdicts: NotRequired[list[dict[str, Any]]]
+    verdicts: NotRequired[Annotated[list[VerdictRecord], turn_verdicts]]
     blocked: NotRequired[bool]
     refused: NotRequired[bool]
     error: NotRequired[str | None]
+
+
+class StateUpdate(TypedDict, total=False):
+    """What a node returns: any subset of the state (``messages`` and ``verdicts`` go through their reducers)."""
+
+    messages: list[AnyMessage]
+    draft: str | None
+    verdicts: list[VerdictRecord]
+    blocked: bool
+    refused: bool
+    error: str | None
+
+
+class Node(Protocol):
+    """Every node of the graph: this turn's state and the run's runtime in, an update out."""
+
+    def __call__(self, state: GuardedChatState, *, runtime: Runtime[Context]) -> StateUpdate: ...

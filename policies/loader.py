@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,22 @@ def policy_from_data(data: Any, source: str) -> Policy:
 
 
 def load_policy(name_or_path: str | Path) -> Policy:
-    """Load a bundled or user policy; raises PolicyError naming the file and the field."""
+    """Load a bundled or user policy; raises PolicyError naming the file and the field.
+
+    A file is read once per version (its modification time and size), so a policy named per run (the
+    graph's ``Context.policy``) costs a ``stat`` after the first run, and an edited file is read again.
+    """
     path = resolve_policy_path(name_or_path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise PolicyError(f"{path}: cannot read: {error.strerror or error}") from None
+    return _load_file(path.resolve(), stat.st_mtime_ns, stat.st_size, path)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_file(resolved: Path, mtime_ns: int, size: int, path: Path) -> Policy:
+    """The policy file at the version (``mtime_ns``, ``size``) the caller saw; errors name ``path`` as given."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

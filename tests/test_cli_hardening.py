@@ -10,8 +10,9 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from typer.testing import CliRunner
 
-import guardgraph.graph.models.deps as models
+import guardgraph.graph.models.deps as deps
 from guardgraph.graph.cli.app import app
+from guardgraph.graph.models.guards import GUARD_BACKENDS
 from guardgraph.nodes.checks.audit import read_audit
 from tests.scripted import keyword_answer, scripted_llama_guard
 
@@ -29,13 +30,14 @@ class FailingChat(FakeListChatModel):
 @pytest.fixture
 def fake_chat(monkeypatch: pytest.MonkeyPatch) -> FakeListChatModel:
     chat = FakeListChatModel(responses=["Hi! How can I help?"] * 10)
-    monkeypatch.setattr(models, "build_chat_model", lambda config: chat)
+    monkeypatch.setattr(deps, "chat_model_for", lambda config: chat)
     return chat
 
 
 @pytest.fixture
 def keyword_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "load_offline_guard", lambda: scripted_llama_guard(keyword_answer("bomb", codes="S9")))
+    guard = scripted_llama_guard(keyword_answer("bomb", codes="S9"))
+    monkeypatch.setitem(GUARD_BACKENDS, "offline", lambda config, policy: guard)
 
 
 def invoke(*args: str) -> Any:
@@ -88,7 +90,7 @@ def test_shadow_mode_reports_but_does_not_block(keyword_guard: None, fake_chat: 
 
 
 def test_chat_model_failure_is_one_line(keyword_guard: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "build_chat_model", lambda config: FailingChat(responses=["x"]))
+    monkeypatch.setattr(deps, "chat_model_for", lambda config: FailingChat(responses=["x"]))
     result = invoke("ask", "hello")
     assert result.exit_code != 0
     assert "chat model failed" in one_error_line(result)
@@ -159,18 +161,18 @@ def test_render_neutralizes_injected_structure(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_cli_with_dead_guard_endpoint_refuses(tmp_path: Path) -> None:
-    """The issue's fault test, as a real process with the default (offline) chat model."""
+    """A dead guard endpoint, through a real process with the default (offline) chat model."""
     import shutil
     import subprocess
     import sys
 
     try:
-        from guardgraph.graph.models.chat import offline_model_dir
+        from guardgraph.graph.models.offline_chat import offline_model_dir
 
         if not offline_model_dir().exists():
             pytest.skip("the offline chat model cache is not prepared (make setup)")
     except ImportError:
-        pytest.skip("guardgraph.graph.models.chat is not available")
+        pytest.skip("guardgraph.graph.models.offline_chat is not available")
     exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
     command = [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]
     result = subprocess.run(

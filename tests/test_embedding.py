@@ -13,7 +13,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langgraph.checkpoint.memory import InMemorySaver
 
 from guardgraph.graph.builder import GuardedChatDeps, build_graph
-from guardgraph.nodes.guard_node import GuardNodeSettings
+from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.integrations.guarded_chat_model import GuardedChatModel
 from tests.scripted import RaisingGuard
 from tests.serving import POLICY, EchoChatModel, SleepyGuard, input_guard, make_deps, output_guard
@@ -166,8 +166,8 @@ def test_guarded_chat_model_fails_closed() -> None:
         model=EchoChatModel(),
         guard=RaisingGuard(),
         policy=POLICY,
-        input_settings=GuardNodeSettings(fail_open=True),
-        output_settings=GuardNodeSettings(fail_open=True),
+        input_settings=GuardSettings(fail_open=True),
+        output_settings=GuardSettings(fail_open=True),
     )
     assert llm.invoke("Hi").content == "You said: Hi"
 

@@ -14,18 +14,18 @@ import guardgraph.graph.cli.eval as cli_eval
 from guardgraph.graph.cli.app import app
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
-from guardgraph.nodes.evaluation.run import (
-    PREDICTION_KEYS,
-    EvalDataError,
-    Prediction,
+from guardgraph.nodes.evaluation.datasets import EvalDataError, load_rows
+from guardgraph.nodes.evaluation.metrics import (
     average_precision,
     compute_metrics,
-    evaluate_file,
-    load_rows,
-    plot_pr_curves,
-    predict_rows,
-    write_predictions,
+    f1_score,
+    false_positive_rate,
+    precision_score,
+    rates,
+    recall_score,
 )
+from guardgraph.nodes.evaluation.plot import plot_pr_curves
+from guardgraph.nodes.evaluation.run import PREDICTION_KEYS, Prediction, evaluate_file, predict_rows, write_predictions
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt, LlamaGuard
 from guardgraph.policies import load_policy
@@ -220,6 +220,50 @@ def test_undefined_metrics_are_none_not_nan():
     assert m.precision is None and m.recall is None and m.f1 is None and m.auprc is None
     assert m.fpr == 0.0
     json.dumps(m.to_dict(), allow_nan=False)
+
+
+def test_rates_from_counts():
+    assert rates(4, 1, 3, 2) == (0.8, 4 / 6, 8 / 11, 0.25, 0.7)  # the fixture's counts, as compute_metrics
+    assert rates(0, 0, 3, 0) == (None, None, None, 0.0, 1.0)  # no unsafe row, none predicted unsafe
+    assert rates(0, 0, 0, 0) == (None, None, None, None, None)
+    assert f1_score(0, 2, 1) == 0.0  # defined: tp = 0 with errors is a zero F1, not an undefined one
+
+
+# (tp, fp, tn, fn); undefined: (0, 0, 6, 0) precision, recall and F1; (3, 0, 0, 2) FPR; (0, 0, 0, 4) precision and FPR
+TRAIN_COUNTS = [(4, 1, 3, 2), (7, 0, 9, 0), (0, 2, 5, 3), (1, 19, 100, 43), (0, 0, 6, 0), (3, 0, 0, 2), (0, 0, 0, 4)]
+
+
+@pytest.mark.parametrize("counts", TRAIN_COUNTS, ids=str)
+def test_training_script_rates_are_the_metrics_modules(counts):
+    train = pytest.importorskip("guardgraph.nodes.training.train")  # imports torch
+    tp, fp, tn, fn = counts
+    y = np.array([1] * tp + [0] * fp + [0] * tn + [1] * fn)
+    score = np.array([0.9] * (tp + fp) + [0.1] * (tn + fn))  # predicted unsafe iff score >= 0.5
+    m = train.metrics(y, score, 0.5)
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    assert m["f1"] == rounded(f1_score(tp, fp, fn))
+    assert m["fpr"] == rounded(false_positive_rate(fp, tn))
+    assert m["precision"] == rounded(precision_score(tp, fp))
+    assert m["recall"] == rounded(recall_score(tp, fn))
+    assert (m["n"], m["pos"]) == (tp + fp + tn + fn, tp + fn)
+    json.dumps(m, allow_nan=False)  # undefined is None (null), never NaN
+
+
+def test_training_threshold_choice_reads_undefined_rates_as_zero():
+    train = pytest.importorskip("guardgraph.nodes.training.train")
+    logit = np.linspace(-3.0, 3.0, 50)
+    only_safe = np.zeros(50, dtype=np.int64)  # F1 undefined where nothing is predicted unsafe, else 0.0
+    assert train.metrics(only_safe, logit, 4.0)["f1"] is None
+    # every F1 ties at 0.0: the lowest candidate threshold whose FPR meets the limit wins
+    candidates = np.unique(np.quantile(logit, np.linspace(0.01, 0.99, 197)))
+    lowest = min(t for t in candidates if np.mean(logit >= t) <= 0.08)
+    assert train.choose_threshold(only_safe, logit, 0.08) == lowest
+    only_unsafe = np.ones(50, dtype=np.int64)  # FPR undefined: the limit holds, the best F1 is the lowest one
+    assert train.metrics(only_unsafe, logit, 0.0)["fpr"] is None
+    assert train.choose_threshold(only_unsafe, logit, 0.08) == pytest.approx(np.quantile(logit, 0.01))
 
 
 def test_refusal_sets_are_rejected_and_refusal_rows_skipped(tmp_path):

@@ -9,8 +9,8 @@ from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from guardgraph.graph.builder import GuardedChatDeps, build_graph
-from guardgraph.graph.models.deps import build_checkpointer
-from guardgraph.nodes.guard_node import GuardNodeSettings
+from guardgraph.graph.models.checkpointers import build_checkpointer
+from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import load_policy
 from tests.scripted import RaisingGuard, ScriptedBackend, keyword_answer, scripted_llama_guard
@@ -26,7 +26,7 @@ def make_graph(
     checkpointer: object | None = None,
 ) -> tuple[object, FakeListChatModel]:
     chat = FakeListChatModel(responses=replies)
-    settings = GuardNodeSettings(window_turns=window_turns)
+    settings = GuardSettings(window_turns=window_turns)
     deps = GuardedChatDeps(
         chat_model=chat,
         input_guard=input_guard or scripted_llama_guard(),

@@ -28,14 +28,15 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] extras are not installed")
 
 from guardgraph.graph.config import GuardGraphConfig
-from guardgraph.graph.models.chat import smollm2_gguf_path
-from guardgraph.graph.models.deps import build_chat_model, build_guard
+from guardgraph.graph.models.chat import chat_model_for
+from guardgraph.graph.models.guards import build_guard
 from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.run import GuardSettings, run_guard
 from guardgraph.nodes.checks.verdict import Outcome
-from guardgraph.nodes.guard_node import GuardNodeSettings, run_guard
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.openai_backend import OpenAICompletionBackend
 from guardgraph.nodes.refuse import UNDECIDED_REFUSAL
+from guardgraph.nodes.shipped_models import smollm2_gguf_path
 from guardgraph.policies import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +99,14 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_chat_through_the_chat_endpoint(endpoint: str) -> None:
     config = GuardGraphConfig(chat_endpoint=endpoint, chat_model=MODEL_NAME, max_new_tokens=24)
-    reply = build_chat_model(config).invoke("Say hello in one short sentence.")
+    reply = chat_model_for(config).invoke("Say hello in one short sentence.")
     assert isinstance(reply.content, str) and reply.content.strip(), reply
 
 
 def test_guard_through_the_guard_endpoint_fails_closed(endpoint: str) -> None:
     """``--guard-endpoint``: the exact prompt goes to /v1/completions and SmolLM2's answer is parsed."""
     config = GuardGraphConfig(guard_endpoint=endpoint, guard_model=MODEL_NAME)
-    verdict = run_guard(build_guard(config, POLICY), REQUEST, GuardNodeSettings())
+    verdict = run_guard(build_guard(config, POLICY), REQUEST, GuardSettings())
     assert verdict.outcome is not Outcome.ERROR, verdict.reason  # the server answered
     assert verdict.raw is not None
     # SmolLM2 is no guard: whatever it wrote, only a well-formed Llama Guard answer may pass.
@@ -126,7 +127,7 @@ def test_completions_backend_reads_logprobs(endpoint: str) -> None:
     assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
     assert all(len(top) >= 2 for top in logprobs.top_logprobs)
 
-    verdict = run_guard(LlamaGuard(backend), REQUEST, GuardNodeSettings())
+    verdict = run_guard(LlamaGuard(backend), REQUEST, GuardSettings())
     assert verdict.outcome is not Outcome.ERROR, verdict.reason
     # P(unsafe) is computed where the verdict words are among the top 20, else None
     assert verdict.score is None or (0.0 <= verdict.score <= 1.0 and math.isfinite(verdict.score))

@@ -24,8 +24,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from guardgraph.graph.builder import GuardedChatDeps, build_graph
-from guardgraph.graph.models.deps import build_checkpointer
+from guardgraph.graph.models.checkpointers import build_checkpointer
 from guardgraph.policies import load_policy
+from guardgraph.nodes.context import Context
 from tests.scripted import keyword_answer, scripted_llama_guard
 
 class EchoChat(BaseChatModel):
@@ -67,9 +68,9 @@ barrier = threading.Barrier(THREADS)
 
 def run(thread: int) -> list[list[str]]:
     barrier.wait()
-    config = {"configurable": {"thread_id": f"thread-{thread}", "stream_tokens": False}}
+    config = {"configurable": {"thread_id": f"thread-{thread}"}}
     for turn in range(TURNS):
-        state = graph.invoke({"messages": [HumanMessage(text(thread, turn))]}, config)
+        state = graph.invoke({"messages": [HumanMessage(text(thread, turn))]}, config, context=Context(stream_tokens=False))
         assert not state.get("error"), state.get("error")
     return [[m.type, m.content] for m in state["messages"]]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
+from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
-from guardgraph.nodes.guard_node import GuardNodeSettings
 from guardgraph.nodes.streaming.generation import BackgroundGeneration
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
 from guardgraph.nodes.streaming.precheck import Lookahead, Precheck, guessed_chunk
@@ -177,7 +177,7 @@ def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk() -> None:
             first_chunk_threads.append(threading.current_thread().name)
         return "safe"
 
-    no_timeout = GuardNodeSettings(timeout_s=None)  # the check runs on the thread that asked for it
+    no_timeout = GuardSettings(timeout_s=None)  # the check runs on the thread that asked for it
     graph = make(
         tiny_chat_model(HELD_BACK_REPLY), output_guard=scripted_llama_guard(answer), output_settings=no_timeout
     )

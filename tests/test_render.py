@@ -1,4 +1,4 @@
-"""Golden prompts: every format x role, byte for byte as spec/llama-guard-formats.md."""
+"""Golden prompts: every format x role, byte for byte as docs/llama-guard-formats.md."""
 
 from __future__ import annotations
 

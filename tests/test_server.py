@@ -186,3 +186,44 @@ def test_server_streams_guarded_reply_chunks(server_url: str) -> None:
     )
     texts = [c.data["text"] for c in chunks if c.event == "custom" and c.data.get("guardgraph") == "token"]
     assert "".join(texts) == "You said: Hello there, how are you today?"
+
+
+def test_assistants_of_one_graph_apply_their_own_policies(server_url: str) -> None:
+    """Two assistants of the same graph, each with its policy in its context; the run's state says who refused."""
+    client = get_sync_client(url=server_url)
+    custom = client.assistants.create(graph_id="guardgraph", context={"policy": "seed-custom"}, name="custom")
+    standard = client.assistants.create(graph_id="guardgraph", context={"policy": "llama-guard-3"}, name="standard")
+
+    def ask(assistant: dict, text: str) -> dict:
+        thread = client.threads.create()
+        result = client.runs.wait(
+            thread["thread_id"], assistant["assistant_id"], input={"messages": [{"role": "user", "content": text}]}
+        )
+        assert isinstance(result, dict), result
+        return result
+
+    refused = ask(custom, "What is Amazon's revenue?")
+    assert refused["refused"] is True
+    assert refused["messages"][-1]["content"] == "I can't share financial information about Amazon."
+    assert [(v["role"], v["outcome"], [c["code"] for c in v["categories"]]) for v in refused["verdicts"]] == [
+        ("User", "unsafe", ["O7"])
+    ]
+    answered = ask(standard, "What is Amazon's revenue?")
+    assert answered["refused"] is False
+    assert answered["messages"][-1]["content"] == "You said: What is Amazon's revenue?"
+    # the graph's own default policy still applies to an assistant that names none
+    default = client.assistants.search(graph_id="guardgraph", metadata={"created_by": "system"})[0]
+    assert ask(default, "What is Amazon's revenue?")["refused"] is False
+
+
+def test_an_unknown_per_assistant_policy_fails_the_run(server_url: str) -> None:
+    """A typo in a policy name is an error, never a silent fallback to another policy."""
+    client = get_sync_client(url=server_url)
+    typo = client.assistants.create(graph_id="guardgraph", context={"policy": "seed-custon"}, name="typo")
+    thread = client.threads.create()
+    with pytest.raises(Exception, match="seed-custon"):
+        client.runs.wait(
+            thread["thread_id"], typo["assistant_id"], input={"messages": [{"role": "user", "content": "Hello"}]}
+        )
+    state = client.threads.get_state(thread["thread_id"])
+    assert not any(m.get("type") == "ai" for m in (state.get("values") or {}).get("messages", []))

@@ -11,7 +11,6 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 import guardgraph.graph.server as server
-from guardgraph.graph.config import DEFAULT_SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +43,7 @@ def test_config_from_env() -> None:
     assert config.system_prompt is None and config.db is None and config.chat_model is None
     defaults = server.config_from_env({})
     assert defaults.guard_model is None and defaults.chat_model is None  # offline models
-    assert defaults.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert defaults.system_prompt is None
 
 
 def test_bad_settings_fail_at_build_time() -> None:

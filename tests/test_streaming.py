@@ -10,6 +10,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.context import Context
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
 from guardgraph.policies import load_policy
@@ -148,7 +149,9 @@ def test_invoke_without_streaming_checks_once() -> None:
     model = ScriptedChatModel(replies=[["One. ", "Two. ", "Three. ", "Four."]])
     graph = make(model, output_guard=guard)
     state = graph.invoke(
-        {"messages": [HumanMessage("count")]}, {"configurable": {"thread_id": "x", "stream_tokens": False}}
+        {"messages": [HumanMessage("count")]},
+        {"configurable": {"thread_id": "x"}},
+        context=Context(stream_tokens=False),
     )
     assert state["messages"][-1].content == "One. Two. Three. Four."
     assert sum("'Agent' messages" in p for p in guard.backend.prompts) == 1  # type: ignore[attr-defined]

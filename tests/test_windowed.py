@@ -183,21 +183,21 @@ def test_windowed_is_applied_once_and_delegates() -> None:
 
 
 def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch) -> None:
-    import guardgraph.graph.models.deps as models
     from guardgraph.graph.config import GuardGraphConfig
+    from guardgraph.graph.models.guards import GUARD_BACKENDS, build_guard
 
-    monkeypatch.setattr(models, "load_offline_guard", lambda: SentenceGuard())
-    guard = models.build_guard(GuardGraphConfig(), POLICY)
+    monkeypatch.setitem(GUARD_BACKENDS, "offline", lambda config, policy: SentenceGuard())
+    guard = build_guard(GuardGraphConfig(), POLICY)
     assert isinstance(guard, WindowedGuard)
-    endpoint = models.build_guard(GuardGraphConfig(guard_endpoint="http://127.0.0.1:9/v1", guard_model="x"), POLICY)
+    endpoint = build_guard(GuardGraphConfig(guard_endpoint="http://127.0.0.1:9/v1", guard_model="x"), POLICY)
     assert isinstance(endpoint, WindowedGuard) and endpoint.window_chars > 1500
 
 
 def test_cli_check_long_conversation_is_unsafe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import guardgraph.graph.models.deps as models
     from guardgraph.graph.cli.app import app
+    from guardgraph.graph.models.guards import GUARD_BACKENDS
 
-    monkeypatch.setattr(models, "load_offline_guard", SentenceGuard)
+    monkeypatch.setitem(GUARD_BACKENDS, "offline", lambda config, policy: SentenceGuard())
     path = tmp_path / "long.json"
     path.write_text(json.dumps([{"role": "user", "content": benign_text(200_000) + " " + UNSAFE}]))
     result = CliRunner().invoke(app, ["check", "--conversation", str(path), "--json"])
@@ -216,9 +216,9 @@ def test_cli_check_long_conversation_with_the_offline_guard(tmp_path: Path) -> N
     from guardgraph.graph.cli.app import app
 
     try:
-        from guardgraph.graph.models.deps import load_offline_guard
+        from guardgraph.nodes.guards.offline.guard import OfflineGuard
 
-        load_offline_guard()
+        OfflineGuard.load_default()
     except Exception as error:  # the artifact is not trained/shipped yet
         pytest.skip(f"offline guard unavailable: {error}")
     path = tmp_path / "long.json"

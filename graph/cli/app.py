@@ -12,15 +12,28 @@ import typer
 from langchain_core.messages import HumanMessage
 from rich.console import Console
 
-from guardgraph.graph.bench import bench_command
 from guardgraph.graph.builder import build_graph
+from guardgraph.graph.cli.bench import bench_command
 from guardgraph.graph.cli.eval import eval_command
-from guardgraph.graph.cli.options import TurnError, fail, loading_models, read_conversation, with_config, write_json
+from guardgraph.graph.cli.options import (
+    GUARD_OPTIONS,
+    TurnError,
+    fail,
+    last_message_request,
+    loading_models,
+    read_conversation,
+    with_config,
+    write_json,
+)
+from guardgraph.graph.cli.prepare import prepare_command
 from guardgraph.graph.config import GuardGraphConfig
-from guardgraph.graph.models.deps import build_checkpointer, build_deps, build_guard, guard_settings
-from guardgraph.nodes.checks.request import ConversationError, GuardRequest, Turn, role_of_last, window
+from guardgraph.graph.models.checkpointers import build_checkpointer
+from guardgraph.graph.models.deps import build_deps, guard_settings
+from guardgraph.graph.models.guards import build_guard
+from guardgraph.nodes.checks.request import ConversationError
+from guardgraph.nodes.checks.run import run_guard
 from guardgraph.nodes.checks.verdict import Verdict
-from guardgraph.nodes.guard_node import run_guard
+from guardgraph.nodes.context import Context
 from guardgraph.nodes.guards.llama_guard.formats import get_format
 from guardgraph.nodes.guards.llama_guard.render import render_prompt
 
@@ -38,13 +51,12 @@ ConversationOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _turns(text: str | None, conversation: Path | None) -> tuple[Turn, ...]:
+def _messages(text: str | None, conversation: Path | None) -> list[dict[str, Any]]:
     if (text is None) == (conversation is None):
         fail("give either TEXT or --conversation FILE (exactly one)")
     if conversation is not None:
         return read_conversation(conversation)
-    assert text is not None
-    return (Turn("user", text),)
+    return [{"role": "user", "content": text}]
 
 
 def verdict_line(verdict: dict[str, Any]) -> str:
@@ -58,7 +70,7 @@ def verdict_line(verdict: dict[str, Any]) -> str:
 
 
 @app.command()
-@with_config
+@with_config(GUARD_OPTIONS)
 def render(
     config: GuardGraphConfig,
     conversation: ConversationOpt = None,
@@ -68,14 +80,13 @@ def render(
     if conversation is None:
         fail("render needs --conversation FILE")
     policy = config.load_policy()
-    turns = read_conversation(conversation)
-    request = GuardRequest(role_of_last(turns), window(turns, config.window_turns), policy)
+    request = last_message_request(read_conversation(conversation), config, policy)
     fmt = get_format(config.resolved_guard_format(policy))
     sys.stdout.write(render_prompt(request, fmt, descriptions=not names_only))
 
 
 @app.command()
-@with_config
+@with_config()
 def check(
     config: GuardGraphConfig,
     text: Annotated[str | None, typer.Argument(help="A user message to check.")] = None,
@@ -83,11 +94,10 @@ def check(
     json_output: JsonOpt = False,
 ) -> None:
     """Guard only: is the last message of TEXT or the conversation safe?"""
-    turns = _turns(text, conversation)
     policy = config.load_policy()
+    request = last_message_request(_messages(text, conversation), config, policy)
     with loading_models(quiet=json_output):
         guard = build_guard(config, policy)
-    request = GuardRequest(role_of_last(turns), window(turns, config.window_turns), policy)
     verdict = run_guard(guard, request, guard_settings(config))
     if json_output:
         write_json(check_json(verdict))
@@ -117,8 +127,10 @@ def _run_turn(graph: Any, text: str, thread: str) -> dict[str, Any]:
     """One turn without token streaming: the output guard checks the complete reply once."""
     if not text.strip():
         raise ConversationError("the message is empty")
-    config = {"configurable": {"thread_id": thread, "stream_tokens": False}}
-    return _checked_state(graph.invoke({"messages": [HumanMessage(text)]}, config))
+    config = {"configurable": {"thread_id": thread}}
+    return _checked_state(
+        graph.invoke({"messages": [HumanMessage(text)]}, config, context=Context(stream_tokens=False))
+    )
 
 
 def _stream_turn(graph: Any, text: str, thread: str, on_text: Any) -> dict[str, Any]:
@@ -136,7 +148,7 @@ def _stream_turn(graph: Any, text: str, thread: str, on_text: Any) -> dict[str, 
 
 
 @app.command()
-@with_config
+@with_config()
 def ask(
     config: GuardGraphConfig,
     thread: str,
@@ -155,7 +167,7 @@ def ask(
 
 
 @app.command()
-@with_config
+@with_config()
 def chat(
     config: GuardGraphConfig,
     thread: str,
@@ -195,6 +207,7 @@ def chat(
 
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
+app.command("prepare")(prepare_command)
 
 
 def _show_chunk(shown: list[str], chunk: str) -> None:

@@ -22,18 +22,11 @@ from rich.table import Table
 
 from guardgraph.graph.cli.options import USER_ERRORS, error_line, fail, loading_models
 from guardgraph.graph.config import DEFAULT_POLICY, GuardGraphConfig
-from guardgraph.graph.models.deps import build_guard
-from guardgraph.nodes.evaluation.run import (
-    EvalDataError,
-    EvalMetrics,
-    EvalResult,
-    LoadedRows,
-    dataset_name,
-    evaluate_loaded,
-    load_rows,
-    plot_pr_curves,
-    write_predictions,
-)
+from guardgraph.graph.models.guards import build_guard
+from guardgraph.nodes.evaluation.datasets import EvalDataError, LoadedRows, load_rows
+from guardgraph.nodes.evaluation.metrics import EvalMetrics
+from guardgraph.nodes.evaluation.plot import plot_pr_curves
+from guardgraph.nodes.evaluation.run import EvalResult, dataset_name, evaluate_loaded, write_predictions
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies.model import Policy
 

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Building what the graph needs from a config: guards (one registry), chat models, checkpointers."""

@@ -1,11 +1,17 @@
-"""The conversation a guard looks at: plain (role, text) turns and the request built from them."""
+"""What a guard is asked: the conversation as plain (speaker, text) turns, and the one request builder.
+
+:func:`guard_request` builds the request for either role (``User``: the conversation up to the user's
+last message; ``Agent``: the conversation plus the assistant's reply) for the graph's guard nodes, the
+chunk-by-chunk checks of a streamed reply and ``GuardedChatModel`` alike. :func:`assistant_text` is the
+one way an assistant message (its text and its tool calls) becomes text a guard reads.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from guardgraph.nodes.checks.verdict import Role
 from guardgraph.policies.model import Policy
@@ -121,15 +127,20 @@ def content_text(content: object) -> str:
     raise ConversationError(f"message content must be text, got {type(content).__name__}")
 
 
-def _tool_calls_text(message: object) -> str:
-    """An assistant message's tool calls, as text the output guard can read (``name(args)``)."""
-    calls = message.get("tool_calls") if isinstance(message, dict) else getattr(message, "tool_calls", None)
-    lines: list[str] = []
-    for call in calls or ():
+def _field(message: object, name: str) -> Any:
+    return message.get(name) if isinstance(message, dict) else getattr(message, name, None)
+
+
+def assistant_text(message: object) -> str:
+    """An assistant message as the output guard reads it: its text, then one line per tool call it makes,
+    ``[tool call] name({json arguments})``, so a harmful tool call is checked like harmful text."""
+    content = _field(message, "content")
+    lines = [content_text(content if content is not None else "")]
+    for call in _field(message, "tool_calls") or ():
         if isinstance(call, dict):
             args = json.dumps(call.get("args", {}), ensure_ascii=False, sort_keys=True, default=str)
             lines.append(f"[tool call] {call.get('name', '?')}({args})")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def turns_from_messages(messages: Sequence[object]) -> tuple[Turn, ...]:
@@ -150,16 +161,12 @@ def turns_from_messages(messages: Sequence[object]) -> tuple[Turn, ...]:
     """
     turns: list[Turn] = []
     for message in messages:
-        if isinstance(message, dict):
-            role, content = message.get("role"), message.get("content")
-        else:
-            role, content = getattr(message, "type", None), getattr(message, "content", None)
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "type", None)
+        content = _field(message, "content")
         if role in ("human", "user"):
             turns.append(Turn("user", content_text(content)))
         elif role in ("ai", "assistant"):
-            text = content_text(content if content is not None else "")
-            calls = _tool_calls_text(message)
-            turns.append(Turn("assistant", "\n".join(part for part in (text, calls) if part)))
+            turns.append(Turn("assistant", assistant_text(message)))
         elif role == "tool":
             turns.append(Turn("assistant", f"[tool result] {content_text(content)}"))
         elif role in ("system", "developer"):
@@ -167,3 +174,23 @@ def turns_from_messages(messages: Sequence[object]) -> tuple[Turn, ...]:
         else:
             raise ConversationError(f"unsupported message role {role!r}: use user or assistant")
     return merge_consecutive(turns)
+
+
+def guard_request(
+    role: Role,
+    messages: Sequence[object],
+    policy: Policy,
+    window_turns: int | None,
+    reply: str | object | None = None,
+) -> GuardRequest:
+    """The request for ``role``: ``User`` checks the conversation's last (user) message; ``Agent`` checks
+    ``reply`` (text, or an assistant message read by :func:`assistant_text`), appended to the conversation
+    as the assistant's turn. The last ``window_turns`` turns are kept.
+
+    Raises :class:`ConversationError` for content no guard can check (empty, images, unknown roles).
+    """
+    turns = turns_from_messages(messages)
+    if role == "Agent":
+        text = reply if isinstance(reply, str) else assistant_text(reply) if reply is not None else ""
+        turns = merge_consecutive((*turns, Turn("assistant", text)))
+    return GuardRequest(role, window(turns, window_turns), policy)

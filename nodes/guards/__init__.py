@@ -1,5 +1,4 @@
-"""Guard backends: Llama Guard over transformers or any LangChain model, and the offline default guard."""
-
-from guardgraph.nodes.guards.base import BaseGuard, Guard, error_verdict
-
-__all__ = ["BaseGuard", "Guard", "error_verdict"]
+"""The Guard protocol and its implementations: Llama Guard over any completion backend (``llama_guard``), the
+offline guard (``offline``), and wrappers for any guard: ``windowed`` (long text), ``recent`` (memo),
+``batching`` (concurrent checks share a batch).
+"""

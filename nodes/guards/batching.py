@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from queue import Empty, SimpleQueue
+from typing import Any
 
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import Verdict
@@ -35,6 +36,11 @@ class BatchingGuard:
         self._closed = False
         self._worker = threading.Thread(target=self._run, name=f"batching-guard:{self.name}", daemon=True)
         self._worker.start()
+
+    def __getattr__(self, name: str) -> Any:  # what it does not define (window sizes, format...) is the inner guard's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def check(self, request: GuardRequest) -> Verdict:
         return self.submit(request).result()

@@ -1,1 +1,1 @@
-"""TODO"""
+"""guardgraph inside other LangChain code: ``GuardedChatModel``, a drop-in guarded chat model."""

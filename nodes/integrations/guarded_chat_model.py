@@ -34,9 +34,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from pydantic import ConfigDict, Field
 
-from guardgraph.nodes.checks.request import ConversationError, content_text
-from guardgraph.nodes.checks.verdict import Outcome, Role, Verdict
-from guardgraph.nodes.guard_node import GuardNodeSettings, build_request, run_guard
+from guardgraph.nodes.checks.run import GuardSettings, check
+from guardgraph.nodes.checks.verdict import Role, Verdict
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.refuse import refusal_text
 from guardgraph.policies.model import Policy
@@ -52,9 +51,9 @@ class GuardedChatModel(BaseChatModel):
     guard: Guard
     policy: Policy
     output_guard: Guard | None = None
-    # GuardNodeSettings (a plain dataclass: typed Any so pydantic leaves it, and its audit log, alone)
-    input_settings: Any = Field(default_factory=GuardNodeSettings)
-    output_settings: Any = Field(default_factory=GuardNodeSettings)
+    # GuardSettings (a plain dataclass: typed Any so pydantic leaves it, and its audit log, alone)
+    input_settings: Any = Field(default_factory=GuardSettings)
+    output_settings: Any = Field(default_factory=GuardSettings)
     check_output: bool = True
 
     @property
@@ -76,7 +75,8 @@ class GuardedChatModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> GuardedChatModel:
         """The same guards around ``model.bind_tools(tools)``: agents keep working after the one-line swap.
 
-        The output guard reads a reply's text and its tool calls, written as ``name({json arguments})``.
+        The output guard reads a reply's text and its tool calls, one ``[tool call] name({json arguments})``
+        line each, as the graph's output guard does.
         """
         if not isinstance(self.model, BaseChatModel):
             raise TypeError("bind_tools needs the wrapped model itself, not one that already has tools bound")
@@ -85,16 +85,10 @@ class GuardedChatModel(BaseChatModel):
     # ------------------------------------------------------------------ the checks
 
     def _check(self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None) -> Verdict:
-        """Check the last user message (``User``) or ``reply`` to ``messages`` (``Agent``)."""
+        """Check the last user message (``User``) or ``reply`` to ``messages`` (``Agent``), as the graph does."""
         guard = self.guard if role == "User" else (self.output_guard or self.guard)
         settings = self.input_settings if role == "User" else self.output_settings
-        try:
-            draft = _reply_text(reply) if reply is not None else None
-            state: dict[str, Any] = {"messages": list(messages), "draft": draft}
-            request = build_request(role, state, self.policy, settings.window_turns)
-        except ConversationError as error:  # the same fail-closed answer the graph's guard node gives
-            return Verdict(role=role, outcome=Outcome.ERROR, guard=guard.name, reason=str(error))
-        return run_guard(guard, request, settings)
+        return check(guard, role, messages, self.policy, settings, reply=reply)
 
     async def _acheck(self, role: Role, messages: Sequence[BaseMessage], reply: BaseMessage | None = None) -> Verdict:
         return await asyncio.to_thread(self._check, role, messages, reply)
@@ -178,12 +172,6 @@ class GuardedChatModel(BaseChatModel):
 
 def _metadata(refused: bool, role: Role | None, verdicts: list[Verdict]) -> dict[str, Any]:
     return {"guardgraph": {"refused": refused, "role": role, "verdicts": [v.to_dict() for v in verdicts]}}
-
-
-def _reply_text(reply: BaseMessage) -> str:
-    """What the output guard reads: the reply's text, then one ``name({json arguments})`` line per tool call."""
-    calls = [f"{call['name']}({json.dumps(call['args'])})" for call in getattr(reply, "tool_calls", None) or []]
-    return "\n".join(part for part in (content_text(reply.content), *calls) if part)
 
 
 def _as_chunk(result: ChatResult) -> ChatGenerationChunk:

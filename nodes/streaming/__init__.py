@@ -1,1 +1,3 @@
-"""TODO"""
+"""Streaming a guarded reply: background generation, hold-back release chunk by chunk, and the first
+chunk's precheck.
+"""

@@ -1,9 +1,9 @@
 """Chat generation in a background thread: started early, consumed later, cancellable at any token.
 
-The input guard starts the chat model speculatively so generation overlaps the input check; if the
-input is unsafe the generation is cancelled and its tokens are dropped unseen. Until its first text
-piece, a local model also reports the unfinished word (``Lookahead``) so that the first chunk's output
-check can start a decoding step early (``nodes/precheck.py``).
+The input guard node starts the chat model speculatively (``nodes/speculation.py``) so generation
+overlaps the input check; if the input is unsafe the generation is cancelled and its tokens are dropped
+unseen. Until its first text piece, a local model also reports the text held back so far
+(``Lookahead``) so that the first chunk's output check can start a decoding step early (``precheck.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -150,36 +149,3 @@ class BackgroundGeneration:
                 raise item
             assert isinstance(item, str | Lookahead)
             yield item
-
-
-@dataclass
-class SpeculationRegistry:
-    """Hands a generation started by the input guard to the chat node of the same turn."""
-
-    max_age_s: float = 600.0
-    _running: dict[str, BackgroundGeneration] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self, key: str, model: BaseChatModel, messages: Sequence[BaseMessage]) -> BackgroundGeneration:
-        generation = BackgroundGeneration(model, messages)
-        with self._lock:
-            self._expire()
-            previous = self._running.pop(key, None)
-            self._running[key] = generation
-        if previous is not None:
-            previous.cancel()
-        return generation
-
-    def take(self, key: str) -> BackgroundGeneration | None:
-        with self._lock:
-            return self._running.pop(key, None)
-
-    def cancel(self, key: str) -> None:
-        generation = self.take(key)
-        if generation is not None:
-            generation.cancel()
-
-    def _expire(self) -> None:
-        now = time.perf_counter()
-        for key in [k for k, g in self._running.items() if now - g.started_at > self.max_age_s]:
-            self._running.pop(key).cancel()

@@ -69,8 +69,8 @@ def release_guarded(
                 continue
             pending += piece
             count += 1
-            if not chunking.boundary(pending, count, first):
-                continue
+            if not (released + pending).strip() or not chunking.boundary(pending, count, first):
+                continue  # blank text alone is not a reply a guard can judge: wait for words
             last = precheck.verdict(released + pending) if first else None
             if last is None:
                 last = check(released + pending)

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Training the offline guard (data, model-written replies, the training run); never imported at run time."""

@@ -88,7 +88,7 @@ def generate(prompts: Sequence[str], out: Path, threads: int = 2) -> dict[str, s
         return done
     from llama_cpp import Llama
 
-    from guardgraph.graph.models.chat import smollm2_gguf_path
+    from guardgraph.nodes.shipped_models import smollm2_gguf_path
 
     llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=768, n_threads=threads, verbose=False, seed=0)
     started = time.time()

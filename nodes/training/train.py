@@ -15,12 +15,13 @@ import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from guardgraph.nodes.evaluation.run import average_precision
+from guardgraph.nodes.evaluation.metrics import average_precision, confusion_counts, rates
 from guardgraph.nodes.guards.offline.network import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
 from guardgraph.nodes.training.data import (
     Example,
@@ -92,26 +93,36 @@ def predict(net: GuardNet, lower: list[torch.Tensor], batch_size: int = 128) -> 
     return out
 
 
-def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
-    pred = score >= threshold
-    tp = int((pred & (y == 1)).sum())
-    fp = int((pred & (y == 0)).sum())
-    fn = int((~pred & (y == 1)).sum())
-    tn = int((~pred & (y == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    fpr = fp / (fp + tn) if fp + tn else 0.0
+class HeldOutMetrics(TypedDict):
+    """One held-out slice at one threshold, rounded to 4 digits; None where a rate is undefined."""
+
+    n: int
+    pos: int
+    f1: float | None
+    precision: float | None
+    recall: float | None
+    fpr: float | None
+    auprc: float | None
+
+
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> HeldOutMetrics:
+    """Rates of ``score >= threshold`` as unsafe against the 0/1 labels ``y`` (guardgraph's metrics module)."""
+    counts = confusion_counts(y == 1, score >= threshold)
+    scores = rates(*counts)
+    # AUPRC only where both labels occur: on a one-label slice it is undefined or trivially 1.0
     ap = average_precision(y, score) if 0 < y.sum() < len(y) else None
-    auprc = float("nan") if ap is None else ap
     return {
         "n": len(y),
         "pos": int(y.sum()),
-        "f1": round(f1, 4),
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "fpr": round(fpr, 4),
-        "auprc": round(auprc, 4),
+        "f1": _round4(scores.f1),
+        "precision": _round4(scores.precision),
+        "recall": _round4(scores.recall),
+        "fpr": _round4(scores.fpr),
+        "auprc": _round4(ap),
     }
 
 
@@ -120,8 +131,13 @@ def choose_threshold(y: np.ndarray, logit: np.ndarray, target_fpr: float) -> flo
     best, best_f1 = float(np.max(logit)), -1.0
     for t in np.unique(np.quantile(logit, np.linspace(0.01, 0.99, 197))):
         m = metrics(y, logit, t)
-        if m["fpr"] <= target_fpr and m["f1"] > best_f1:
-            best, best_f1 = float(t), m["f1"]
+        # Undefined rates count as 0.0 in this selection: an undefined FPR (no safe row, so nothing can be a
+        # false positive) meets the limit, and an undefined F1 (no unsafe row, none predicted unsafe) ranks
+        # with the zero F1s. Defined rates are compared as rounded in ``metrics``.
+        fpr = 0.0 if m["fpr"] is None else m["fpr"]
+        f1 = 0.0 if m["f1"] is None else m["f1"]
+        if fpr <= target_fpr and f1 > best_f1:
+            best, best_f1 = float(t), f1
     return best
 
 

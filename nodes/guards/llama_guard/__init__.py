@@ -1,1 +1,3 @@
-"""TODO"""
+"""Llama Guard as a prompt: formats as data, one renderer, the sanitizer and the parser (``guard`` joins
+them: render, call, parse), and the completion backends it runs on.
+"""

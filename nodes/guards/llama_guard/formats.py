@@ -1,4 +1,4 @@
-"""The five Llama Guard prompt formats, as data (see spec/llama-guard-formats.md).
+"""The five Llama Guard prompt formats, as data (see docs/llama-guard-formats.md).
 
 Formats differ only in wrapper tokens, task-line wording, spacing and bullet style; ``render.py``
 reads these records and is the only code that builds a prompt.

@@ -33,7 +33,7 @@ def _code_letter(policy: Policy) -> str:
 
 
 def _normalize_code(token: str, letter: str) -> str | None:
-    """``S1`` -> S1, ``s1`` -> S1, ``07`` -> O7 (the seed's zero typo), ``3`` -> S3 in an S policy."""
+    """``S1`` -> S1, ``s1`` -> S1, ``07`` -> O7 (a zero typed for the letter O), ``3`` -> S3 in an S policy."""
     match = CODE_TOKEN.match(token.strip().rstrip("."))
     if not match:
         return None

@@ -1,4 +1,4 @@
-"""Keep message text from impersonating the guard prompt's structure (issue 5).
+"""Keep message text from impersonating the guard prompt's structure.
 
 The guard prompt is a template: ``[INST]``/``[/INST]`` or Llama 3/4 header tokens around a task line,
 ``<BEGIN UNSAFE CONTENT CATEGORIES>``...``<END UNSAFE CONTENT CATEGORIES>``, and a conversation between

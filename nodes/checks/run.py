@@ -1,0 +1,151 @@
+"""Asking a guard: one bounded, fail-closed, audited check, the same for every caller.
+
+:func:`check` is what the graph's guard nodes, the chunk checks of a streamed reply and
+``GuardedChatModel`` call: it builds the request for a role (:func:`guard_request`), asks the guard
+within ``timeout_s``, turns every failure into a verdict that blocks, applies the fail-open and shadow
+modes, and writes one audit record.
+
+Failing closed is the default everywhere here. A guard that raises, runs past ``timeout_s``, returns
+empty or unparseable text, or names codes the policy does not have yields an ERROR or UNPARSEABLE
+verdict, which blocks; the reason is in the verdict and in the audit log. ``fail_open`` turns such
+verdicts into BYPASS, logged as such. Content the guards cannot read at all (images, unknown roles, an
+empty message) is rejected whatever the modes say: that is bad input, not an undecided guard.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from guardgraph.nodes import defaults
+from guardgraph.nodes.checks.audit import AuditLog
+from guardgraph.nodes.checks.request import ConversationError, GuardRequest, guard_request
+from guardgraph.nodes.checks.verdict import Outcome, Role, Verdict
+from guardgraph.nodes.guards.base import Guard, error_verdict
+from guardgraph.policies.model import Policy
+
+INPUT_ERROR = "input_error"  # verdict metadata flag: the content itself could not be checked
+
+
+class GuardTimeoutError(TimeoutError):
+    """The guard did not answer within ``GuardSettings.timeout_s``."""
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """How one side (input or output) asks its guard; the defaults fail closed.
+
+    ``window_turns``: the latest turns the guard sees; ``timeout_s`` bounds one check (None: no limit);
+    ``fail_open`` lets undecided checks through as BYPASS; ``shadow`` decides and logs but never blocks;
+    ``audit`` receives one record per decision.
+    """
+
+    window_turns: int = defaults.WINDOW_TURNS
+    fail_open: bool = False
+    shadow: bool = False
+    timeout_s: float | None = defaults.GUARD_TIMEOUT_S
+    audit: AuditLog | None = None
+
+
+def check(
+    guard: Guard,
+    role: Role,
+    messages: Sequence[object],
+    policy: Policy,
+    settings: GuardSettings,
+    *,
+    reply: str | object | None = None,
+    thread_id: str | None = None,
+) -> Verdict:
+    """Is the last user message (``User``) or ``reply`` to ``messages`` (``Agent``) safe under ``policy``?
+
+    ``reply`` is the draft's text or an assistant message (its tool calls are checked too).
+    """
+    try:
+        request = guard_request(role, messages, policy, settings.window_turns, reply)
+    except ConversationError as error:
+        verdict = input_error_verdict(role, guard, str(error))
+        if settings.audit is not None:
+            settings.audit.record(verdict, request=None, thread_id=thread_id, guard=guard, policy=policy)
+        return verdict
+    return run_guard(guard, request, settings, thread_id)
+
+
+def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thread_id: str | None = None) -> Verdict:
+    """Ask the guard (bounded by the timeout); failures become ERROR verdicts; modes applied; audited."""
+    started = time.perf_counter()
+    name = getattr(guard, "name", "guard")
+    try:
+        verdict = call_with_timeout(lambda: guard.check(request), settings.timeout_s)
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"the guard returned {type(verdict).__name__}, not a Verdict")
+    except Exception as error:  # a guard that breaks must never let content through silently
+        elapsed = (time.perf_counter() - started) * 1000
+        verdict = error_verdict(request, name, f"{type(error).__name__}: {error}", elapsed)
+    else:
+        if not verdict.latency_ms:
+            verdict = verdict.with_updates(latency_ms=(time.perf_counter() - started) * 1000)
+    verdict = apply_modes(verdict, settings)
+    if settings.audit is not None:
+        settings.audit.record(verdict, request=request, thread_id=thread_id, guard=guard)
+    return verdict
+
+
+def call_with_timeout(func: Callable[[], Verdict], timeout_s: float | None) -> Verdict:
+    """Run ``func`` in a daemon worker thread and wait at most ``timeout_s`` seconds for it.
+
+    A guard that hangs is abandoned (a daemon thread never blocks the process from exiting); its
+    late answer is discarded. The caller's context variables (callbacks, tracing) go along.
+    """
+    if timeout_s is None:
+        return func()
+    result: list[Verdict] = []
+    failure: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            result.append(context.run(func))
+        except BaseException as error:
+            failure.append(error)
+
+    worker = threading.Thread(target=target, name="guardgraph-guard", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise GuardTimeoutError(f"the guard did not answer within {timeout_s:g} s")
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def apply_modes(verdict: Verdict, settings: GuardSettings) -> Verdict:
+    """Fail-open turns an undecided verdict into BYPASS; shadow mode keeps the outcome but stops blocking.
+
+    A guard that did say ``unsafe`` but named codes the policy lacks is not undecided: under fail-open
+    it counts as UNSAFE (with the reason kept), never as a bypass. Bad input is never bypassed.
+    """
+    undecided = verdict.outcome in (Outcome.ERROR, Outcome.UNPARSEABLE)
+    if undecided and settings.fail_open and not verdict.metadata.get(INPUT_ERROR):
+        said_unsafe = bool(verdict.categories) or (verdict.raw or "").strip().lower().startswith("unsafe")
+        if verdict.outcome is Outcome.UNPARSEABLE and said_unsafe:
+            verdict = verdict.with_updates(outcome=Outcome.UNSAFE)
+        else:
+            return verdict.with_updates(outcome=Outcome.BYPASS, reason=f"fail-open bypass: {verdict.reason}")
+    if settings.shadow and verdict.blocks and not verdict.metadata.get(INPUT_ERROR):
+        return verdict.with_updates(enforced=False)
+    return verdict
+
+
+def input_error_verdict(role: Role, guard: Guard, reason: str) -> Verdict:
+    """The verdict for content no guard can check (images, unknown roles, empty): always blocks."""
+    return Verdict(
+        role=role,
+        outcome=Outcome.ERROR,
+        guard=getattr(guard, "name", "guard"),
+        reason=reason,
+        metadata={INPUT_ERROR: True},
+    )

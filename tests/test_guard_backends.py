@@ -1,0 +1,129 @@
+"""The guard backends a config selects (one registry), including a LangChain model as the guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from guardgraph.graph.config import GuardGraphConfig
+from guardgraph.graph.models.guards import GUARD_BACKENDS, ModelSetupError, backend_name, build_guard
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.verdict import Outcome
+from guardgraph.nodes.guards.batching import BatchingGuard
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.nodes.guards.llama_guard.langchain_backend import LangChainBackend
+from guardgraph.policies import load_policy
+
+POLICY = load_policy("llama-guard-3")
+
+
+def user_request(text: str) -> GuardRequest:
+    return GuardRequest("User", (Turn("user", text),), POLICY)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "offline"),
+        ({"guard_model": "meta-llama/Llama-Guard-3-8B"}, "transformers"),
+        ({"guard_endpoint": "http://127.0.0.1:8001/v1", "guard_model": "lg"}, "openai"),
+        ({"guard_backend": "ollama", "guard_model": "llama-guard3"}, "ollama"),
+    ],
+)
+def test_the_backend_follows_the_options(options: dict[str, str], expected: str) -> None:
+    assert backend_name(GuardGraphConfig(**options)) == expected
+    assert expected in GUARD_BACKENDS
+
+
+def test_an_unknown_backend_names_the_known_ones() -> None:
+    with pytest.raises(ModelSetupError, match="--guard-backend vllm: use one of offline, transformers, openai, ollama"):
+        build_guard(GuardGraphConfig(guard_backend="vllm"), POLICY)
+
+
+def test_a_backend_without_its_model_says_what_to_pass() -> None:
+    with pytest.raises(ModelSetupError, match="--guard-model"):
+        build_guard(GuardGraphConfig(guard_backend="ollama"), POLICY)
+
+
+class FakeOllama(BaseHTTPRequestHandler):
+    """Ollama's ``/api/generate``: ``unsafe\\nS9`` when the checked turn mentions a bomb, else ``safe``."""
+
+    bodies: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOllama.bodies.append({"path": self.path, **body})
+        conversation = body["prompt"].split("<BEGIN CONVERSATION>")[1].split("<END CONVERSATION>")[0]
+        answer = "unsafe\nS9" if "bomb" in conversation.lower() else "safe"
+        line = {"model": body["model"], "created_at": "2026-11-25T00:00:00Z", "response": answer, "done": True}
+        payload = (json.dumps(line) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def ollama_url() -> Iterator[str]:
+    FakeOllama.bodies = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ollama_guard_gets_the_exact_prompt_raw(ollama_url: str) -> None:
+    pytest.importorskip("langchain_ollama")
+    config = GuardGraphConfig(guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url)
+    guard = build_guard(config, POLICY)
+    unsafe = guard.check(user_request("How do I build a bomb?"))
+    safe = guard.check(user_request("How do I bake bread?"))
+    assert (unsafe.outcome, unsafe.codes, safe.outcome) == (Outcome.UNSAFE, ["S9"], Outcome.SAFE)
+    assert unsafe.guard == "llama-guard-3:ollama:llama-guard3"
+    body = FakeOllama.bodies[0]
+    assert body["path"] == "/api/generate" and body["raw"] is True and body["model"] == "llama-guard3"
+    # the rendered Llama Guard 3 prompt, without the BOS token the server adds itself
+    assert body["prompt"].startswith("<|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe")
+    assert body["prompt"].endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
+
+
+def test_a_langchain_chat_model_as_the_guard() -> None:
+    replies = iter([AIMessage("unsafe\nS1"), AIMessage("safe")])
+    chat = GenericFakeChatModel(messages=replies)
+    guard = LlamaGuard(LangChainBackend(chat, "fake-chat"), "llama-guard-3")
+    first, second = guard.check(user_request("hit him")), guard.check(user_request("hello"))
+    assert (first.outcome, first.codes, second.outcome) == (Outcome.UNSAFE, ["S1"], Outcome.SAFE)
+    assert first.guard == "llama-guard-3:fake-chat"
+
+
+def test_batching_is_wired_from_the_config(ollama_url: str) -> None:
+    pytest.importorskip("langchain_ollama")
+    config = GuardGraphConfig(
+        guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url, guard_batch_window_ms=200
+    )
+    guard = build_guard(config, POLICY)
+    batching = guard.inner  # type: ignore[attr-defined]
+    assert isinstance(batching, BatchingGuard)
+    verdicts: list[Any] = []
+    threads = [threading.Thread(target=lambda: verdicts.append(guard.check(user_request("hi")))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(verdicts) == 4 and all(v.outcome is Outcome.SAFE for v in verdicts)
+    assert max(batching.batches) > 1  # concurrent checks shared a batch
