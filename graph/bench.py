@@ -36,6 +36,7 @@ from typing import Any
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 STANDIN_POLICY = "llama-guard-3-descriptions"
+STANDIN_FORMAT = "llama-guard-3"
 SMOLLM2_135M_SHAPE: dict[str, Any] = {
     "hidden_size": 576,
     "intermediate_size": 1536,
@@ -125,7 +126,7 @@ def standin_backends(model: Any, tokenizer: Any) -> tuple[Any, Any]:
     from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 
     optimized = TransformersBackend(model, tokenizer, name="standin-135m")
-    lead = optimized.verdict_tokens(get_format("llama-guard-3")).lead_len
+    lead = optimized.verdict_tokens(get_format(STANDIN_FORMAT)).lead_len
     naive = TransformersBackend(
         model, tokenizer, name="standin-135m-naive", mode="naive", naive_max_new_tokens=lead + 2
     )
@@ -147,7 +148,7 @@ def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[
     from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt
     from guardgraph.nodes.guards.llama_guard.render import render_parts
 
-    fmt = get_format("llama-guard-3")
+    fmt = get_format(STANDIN_FORMAT)
     policy = _standin_policy()
     prompts = [
         GuardPrompt(*render_parts(GuardRequest("User", (Turn("user", m),), policy), fmt), policy.threshold)
@@ -393,7 +394,7 @@ def run_bench(
         from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
         model, tokenizer = get_standin()
-        guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
+        guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
         deps = build_deps(GuardGraphConfig(policy=STANDIN_POLICY, **settings), guard=guard)
         return replace(deps, policy=_standin_policy())
 
@@ -409,7 +410,7 @@ def run_bench(
             from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
             model, tokenizer = get_standin()
-            guard = LlamaGuard(standin_backends(model, tokenizer)[1], "llama-guard-3")
+            guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
             return bench_batch(guard, _standin_policy(), llm_batch, "llm_batch", repeats)
 
         steps.append(("llm_batch", llm_batch_step))

@@ -23,11 +23,11 @@ from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.recent import RecentVerdicts
 from guardgraph.nodes.refuse import make_refuse_node
 from guardgraph.nodes.speculation import SpeculationRegistry, speculative
-from guardgraph.nodes.state import GuardedChatState
+from guardgraph.nodes.state import GuardedChatInput, GuardedChatOutput, GuardedChatState
 from guardgraph.nodes.streaming.holdback import Chunking
 from guardgraph.policies.model import Policy
 
-GuardedChatGraph = CompiledStateGraph[GuardedChatState, Context, GuardedChatState, GuardedChatState]
+GuardedChatGraph = CompiledStateGraph[GuardedChatState, Context, GuardedChatInput, GuardedChatOutput]
 
 
 @dataclass
@@ -76,7 +76,9 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
         )
     )
 
-    builder = StateGraph(GuardedChatState, context_schema=Context)
+    builder = StateGraph(
+        GuardedChatState, context_schema=Context, input_schema=GuardedChatInput, output_schema=GuardedChatOutput
+    )
     builder.add_node("input_guard", input_guard)
     builder.add_node("chat", chat)
     builder.add_node("output_guard", make_guard_node("Agent", output_guard, deps.policy, deps.output_settings))
@@ -87,4 +89,6 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
     builder.add_conditional_edges("chat", after_chat, ["output_guard", END])
     builder.add_conditional_edges("output_guard", after_output_guard, [END, "refuse"])
     builder.add_edge("refuse", END)
-    return builder.compile(checkpointer=checkpointer, name="guardgraph")
+    graph = builder.compile(checkpointer=checkpointer, name="guardgraph")
+    # Streamed values and updates carry what a turn returns (GuardedChatOutput), never the unchecked draft.
+    return graph.copy({"stream_channels": graph.output_channels})

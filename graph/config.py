@@ -15,8 +15,6 @@ from guardgraph.nodes.guards.llama_guard.formats import get_format
 from guardgraph.policies.loader import load_policy
 from guardgraph.policies.model import Policy
 
-DEFAULT_POLICY = defaults.POLICY
-
 
 class GuardGraphConfig(BaseModel):
     """Everything that selects models and behaviour; None means the offline default.

@@ -7,8 +7,6 @@ everything else is answered with ``You said: <message>``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -16,13 +14,9 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from guardgraph.graph.builder import GuardedChatDeps
-from guardgraph.nodes.checks.request import GuardRequest
-from guardgraph.nodes.checks.verdict import Verdict
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.policies import load_policy
-from tests.scripted import keyword_answer, scripted_llama_guard
-
-POLICY = load_policy("llama-guard-3")
+from tests.fakes import keyword_answer, scripted_llama_guard
 
 
 class EchoChatModel(BaseChatModel):
@@ -39,18 +33,6 @@ class EchoChatModel(BaseChatModel):
     ) -> ChatResult:
         self.calls += 1
         return ChatResult(generations=[ChatGeneration(message=AIMessage(f"You said: {messages[-1].content}"))])
-
-
-class SleepyGuard(LlamaGuard):
-    """A scripted Llama Guard whose every check takes ``seconds`` (a slow guard server)."""
-
-    def __init__(self, seconds: float, answer: Any = "safe") -> None:
-        super().__init__(scripted_llama_guard(answer).backend, "llama-guard-3")
-        self.seconds = seconds
-
-    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-        time.sleep(self.seconds)
-        return super()._check_batch(requests)
 
 
 AMAZON_CATEGORY = "O7: Financial Information related to Amazon"
@@ -72,10 +54,11 @@ def output_guard() -> LlamaGuard:
 
 
 def make_deps() -> GuardedChatDeps:
+    """The server's dependencies under the Llama Guard 3 policy (loaded here: the server calls this outside pytest)."""
     return GuardedChatDeps(
         chat_model=EchoChatModel(),
         input_guard=input_guard(),
         output_guard=output_guard(),
-        policy=POLICY,
+        policy=load_policy("llama-guard-3"),
         system_prompt=None,
     )

@@ -7,16 +7,16 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from guardgraph.nodes.checks.audit import AuditLog, policy_hash, read_audit
-from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.run import GuardSettings, run_guard
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
-from guardgraph.policies import load_policy
-from tests.scripted import scripted_llama_guard
+from guardgraph.policies import Policy, load_policy
+from tests.fakes import scripted_llama_guard
 
-POLICY = load_policy("llama-guard-3")
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
     "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "score",
@@ -24,36 +24,40 @@ FIELDS = {
 }  # fmt: skip
 
 
-def request(text: str = "hello") -> GuardRequest:
-    return GuardRequest("User", (Turn("user", text),), POLICY)
-
-
-def test_record_fields_and_no_content_by_default(tmp_path: Path) -> None:
+def test_record_fields_and_no_content_by_default(
+    tmp_path: Path, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+) -> None:
     log = AuditLog(tmp_path / "a.jsonl")
     guard = scripted_llama_guard("unsafe\nS9")
-    run_guard(guard, request("secret text"), GuardSettings(audit=log), thread_id="th-1")
+    run_guard(guard, user_request("secret text"), GuardSettings(audit=log), thread_id="th-1")
     (record,) = read_audit(tmp_path / "a.jsonl")
     assert set(record) == FIELDS
     assert record["thread"] == "th-1" and record["role"] == "User" and record["outcome"] == "unsafe"
-    assert record["categories"] == ["S9"] and record["policy"] == POLICY.name and record["blocked"] is True
+    assert (
+        record["categories"] == ["S9"] and record["policy"] == llama_guard_3_policy.name and record["blocked"] is True
+    )
     assert record["guard"] == "llama-guard-3:scripted" and record["enforced"] is True
-    canonical = json.dumps(POLICY.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert record["policy_sha256"] == hashlib.sha256(canonical.encode()).hexdigest() == policy_hash(POLICY)
+    canonical = json.dumps(
+        llama_guard_3_policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert (
+        record["policy_sha256"] == hashlib.sha256(canonical.encode()).hexdigest() == policy_hash(llama_guard_3_policy)
+    )
     assert "secret text" not in (tmp_path / "a.jsonl").read_text()
 
 
-def test_content_only_when_asked(tmp_path: Path) -> None:
+def test_content_only_when_asked(tmp_path: Path, user_request: Callable[..., GuardRequest]) -> None:
     log = AuditLog(tmp_path / "a.jsonl", include_content=True)
-    run_guard(scripted_llama_guard("safe"), request("héllo wörld"), GuardSettings(audit=log))
+    run_guard(scripted_llama_guard("safe"), user_request("héllo wörld"), GuardSettings(audit=log))
     assert read_audit(tmp_path / "a.jsonl")[0]["content"] == "héllo wörld"
 
 
-def test_policy_hash_changes_with_the_policy() -> None:
-    assert policy_hash(POLICY) != policy_hash(POLICY.excluding("S1"))
-    assert policy_hash(POLICY) == policy_hash(load_policy("llama-guard-3"))
+def test_policy_hash_changes_with_the_policy(llama_guard_3_policy: Policy) -> None:
+    assert policy_hash(llama_guard_3_policy) != policy_hash(llama_guard_3_policy.excluding("S1"))
+    assert policy_hash(llama_guard_3_policy) == policy_hash(load_policy("llama-guard-3"))
 
 
-def test_concurrent_threads_write_whole_lines(tmp_path: Path) -> None:
+def test_concurrent_threads_write_whole_lines(tmp_path: Path, user_request: Callable[..., GuardRequest]) -> None:
     path = tmp_path / "a.jsonl"
     log = AuditLog(path, include_content=True)
     big = "x" * 20_000  # far above PIPE_BUF: one write per line must still keep lines whole
@@ -61,7 +65,7 @@ def test_concurrent_threads_write_whole_lines(tmp_path: Path) -> None:
 
     def worker(index: int) -> None:
         for _ in range(50):
-            log.record(verdict, request=request(f"{index}:{big}"), thread_id=f"t{index}")
+            log.record(verdict, request=user_request(f"{index}:{big}"), thread_id=f"t{index}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
     for thread in threads:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from guardgraph.graph.bench import SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
-from guardgraph.nodes.checks.verdict import Outcome, Verdict
-from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.policies.loader import load_policy
+from tests.fakes import SlowGuard
 from tests.tiny_models import build_llama, build_tokenizer
 
 
-def test_descriptions_policy_has_every_llama_guard_3_category_with_a_description():
+def test_descriptions_policy_has_every_llama_guard_3_category_with_a_description(llama_guard_3_policy):
     policy = load_policy("llama-guard-3-descriptions")
-    plain = load_policy("llama-guard-3")
+    plain = llama_guard_3_policy
     assert [(c.code, c.name) for c in policy.categories] == [(c.code, c.name) for c in plain.categories]
     assert all(c.description and len(c.description) > 20 for c in policy.categories)
     assert policy.guard_format == "llama-guard-3"
@@ -25,18 +24,9 @@ def test_interleaved_alternates_and_times_every_round():
     assert calls[2:4] == [("a", 1), ("b", 1)] and calls[4:6] == [("b", 2), ("a", 2)]
 
 
-class SleepyGuard(BaseGuard):
-    name = "sleepy"
-
-    def _check_batch(self, requests):
-        import time
-
-        time.sleep(0.01)  # a fixed cost per call: batching amortizes it
-        return [Verdict(role=r.role, outcome=Outcome.SAFE) for r in requests]
-
-
-def test_bench_batch_reports_a_speedup():
-    result = bench_batch(SleepyGuard(), load_policy("llama-guard-3"), 8, "batch")
+def test_bench_batch_reports_a_speedup(llama_guard_3_policy):
+    guard = SlowGuard(delay_s=0.01)  # a fixed cost per call: batching amortizes it
+    result = bench_batch(guard, llama_guard_3_policy, 8, "batch")
     assert result["batch_checks"] == 8
     assert result["batch_speedup"] > 2
 

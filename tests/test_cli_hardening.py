@@ -14,17 +14,9 @@ import guardgraph.graph.models.deps as deps
 from guardgraph.graph.cli.app import app
 from guardgraph.graph.models.guards import GUARD_BACKENDS
 from guardgraph.nodes.checks.audit import read_audit
-from tests.scripted import keyword_answer, scripted_llama_guard
+from tests.fakes import keyword_answer, scripted_llama_guard, unreachable_chat_model
 
 DEAD_ENDPOINT = ["--guard-endpoint", "http://127.0.0.1:9/v1", "--guard-model", "x"]
-
-
-class FailingChat(FakeListChatModel):
-    def _call(self, *args: Any, **kwargs: Any) -> str:
-        raise ConnectionError("chat server unreachable")
-
-    def _stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConnectionError("chat server unreachable")
 
 
 @pytest.fixture
@@ -90,7 +82,7 @@ def test_shadow_mode_reports_but_does_not_block(keyword_guard: None, fake_chat: 
 
 
 def test_chat_model_failure_is_one_line(keyword_guard: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deps, "chat_model_for", lambda config: FailingChat(responses=["x"]))
+    monkeypatch.setattr(deps, "chat_model_for", lambda config: unreachable_chat_model())
     result = invoke("ask", "hello")
     assert result.exit_code != 0
     assert "chat model failed" in one_error_line(result)

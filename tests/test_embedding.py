@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langgraph.checkpoint.memory import InMemorySaver
 
-from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.graph.builder import build_graph
 from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.integrations.guarded_chat_model import GuardedChatModel
-from tests.scripted import RaisingGuard
-from tests.serving import POLICY, EchoChatModel, SleepyGuard, input_guard, make_deps, output_guard
+from guardgraph.policies import Policy
+from tests.fakes import RaisingGuard, SlowGuard
+from tests.serving import EchoChatModel, input_guard, make_deps, output_guard
 
 WEAPONS_REFUSAL = "I can't help with illegal weapons or weapons of mass harm."
 PRIVACY_REFUSAL = "I can't help with exposing private or sensitive personal information."
@@ -98,20 +101,14 @@ async def ticks_during(coro: Any, interval: float = 0.05) -> tuple[Any, int, flo
     return result, ticks, max(gaps, default=0.0)
 
 
-def test_compiled_graph_does_not_block_the_event_loop() -> None:
+def test_compiled_graph_does_not_block_the_event_loop(make_guarded_graph: Callable[..., Any]) -> None:
     """The full graph under ainvoke: a guard that takes 0.5 s per check leaves the loop free.
 
     LangGraph gives every sync function node an async path that runs it in the default executor
     (``coerce_to_runnable``: ``partial(run_in_executor, None, node)``, context and config copied), so
     the guard and chat nodes need no async variants of their own; this test keeps it that way.
     """
-    deps = GuardedChatDeps(
-        chat_model=EchoChatModel(),
-        input_guard=SleepyGuard(0.5),
-        output_guard=SleepyGuard(0.5),
-        policy=POLICY,
-    )
-    g = build_graph(deps, InMemorySaver())
+    g = make_guarded_graph(EchoChatModel(), SlowGuard(delay_s=0.5), SlowGuard(delay_s=0.5))
     state, ticks, longest_gap = asyncio.run(ticks_during(g.ainvoke(user("Hi"), config("loop"))))
     assert state["messages"][-1].content == "You said: Hi"
     assert ticks >= 12, ticks  # two checks of 0.5 s
@@ -121,10 +118,21 @@ def test_compiled_graph_does_not_block_the_event_loop() -> None:
 # ---------------------------------------------------------------------------- GuardedChatModel
 
 
-def guarded(**kwargs: Any) -> tuple[GuardedChatModel, EchoChatModel]:
-    inner = EchoChatModel()
-    llm = GuardedChatModel(model=inner, guard=input_guard(), output_guard=output_guard(), policy=POLICY, **kwargs)
-    return llm, inner
+Guarded = Callable[..., tuple[GuardedChatModel, EchoChatModel]]
+
+
+@pytest.fixture
+def guarded(llama_guard_3_policy: Policy) -> Guarded:
+    """(GuardedChatModel, the EchoChatModel inside it) with the serving guards under Llama Guard 3."""
+
+    def make(**kwargs: Any) -> tuple[GuardedChatModel, EchoChatModel]:
+        inner = EchoChatModel()
+        llm = GuardedChatModel(
+            model=inner, guard=input_guard(), output_guard=output_guard(), policy=llama_guard_3_policy, **kwargs
+        )
+        return llm, inner
+
+    return make
 
 
 def chain(llm: GuardedChatModel) -> Any:
@@ -132,7 +140,7 @@ def chain(llm: GuardedChatModel) -> Any:
     return prompt | llm | StrOutputParser()
 
 
-def test_guarded_chat_model_in_an_lcel_chain() -> None:
+def test_guarded_chat_model_in_an_lcel_chain(guarded: Guarded) -> None:
     llm, inner = guarded()
     c = chain(llm)
     assert c.invoke({"question": "What is 2+2?"}) == "You said: What is 2+2?"
@@ -142,7 +150,7 @@ def test_guarded_chat_model_in_an_lcel_chain() -> None:
     assert inner.calls == 2
 
 
-def test_guarded_chat_model_metadata() -> None:
+def test_guarded_chat_model_metadata(guarded: Guarded) -> None:
     llm, _ = guarded()
     ok = llm.invoke([HumanMessage("Hi")])
     assert isinstance(ok, AIMessage) and ok.content == "You said: Hi"
@@ -156,8 +164,8 @@ def test_guarded_chat_model_metadata() -> None:
     assert meta["verdicts"][-1]["categories"] == [{"code": "S7", "name": "Privacy"}]
 
 
-def test_guarded_chat_model_fails_closed() -> None:
-    llm = GuardedChatModel(model=EchoChatModel(), guard=RaisingGuard(), policy=POLICY)
+def test_guarded_chat_model_fails_closed(llama_guard_3_policy: Policy) -> None:
+    llm = GuardedChatModel(model=EchoChatModel(), guard=RaisingGuard(), policy=llama_guard_3_policy)
     reply = llm.invoke("Hi")
     assert reply.response_metadata["guardgraph"]["refused"] is True
     assert reply.response_metadata["guardgraph"]["verdicts"][0]["outcome"] == "error"
@@ -165,14 +173,14 @@ def test_guarded_chat_model_fails_closed() -> None:
     llm = GuardedChatModel(
         model=EchoChatModel(),
         guard=RaisingGuard(),
-        policy=POLICY,
+        policy=llama_guard_3_policy,
         input_settings=GuardSettings(fail_open=True),
         output_settings=GuardSettings(fail_open=True),
     )
     assert llm.invoke("Hi").content == "You said: Hi"
 
 
-def test_guarded_chat_model_streams_only_checked_text() -> None:
+def test_guarded_chat_model_streams_only_checked_text(guarded: Guarded) -> None:
     llm, _ = guarded()
     assert "".join(chunk.content for chunk in llm.stream("Hi")) == "You said: Hi"
     assert "".join(chain(llm).stream({"question": "Tell me the secret"})) == PRIVACY_REFUSAL
@@ -187,7 +195,7 @@ def test_guarded_chat_model_streams_only_checked_text() -> None:
         assert "You said" not in str(message.content)  # the blocked reply never reached any callback
 
 
-def test_guarded_chat_model_async() -> None:
+def test_guarded_chat_model_async(guarded: Guarded) -> None:
     llm, _ = guarded()
 
     async def main() -> list[str]:
@@ -200,8 +208,8 @@ def test_guarded_chat_model_async() -> None:
     assert asyncio.run(main()) == ["You said: Hi", WEAPONS_REFUSAL, "You said: Hello", "You said: Hey"]
 
 
-def test_guarded_chat_model_async_leaves_the_loop_free() -> None:
-    llm = GuardedChatModel(model=EchoChatModel(), guard=SleepyGuard(0.3), policy=POLICY)
+def test_guarded_chat_model_async_leaves_the_loop_free(llama_guard_3_policy: Policy) -> None:
+    llm = GuardedChatModel(model=EchoChatModel(), guard=SlowGuard(delay_s=0.3), policy=llama_guard_3_policy)
     reply, ticks, longest_gap = asyncio.run(ticks_during(llm.ainvoke("Hi")))
     assert reply.content == "You said: Hi"
     assert ticks >= 8 and longest_gap < 0.3, (ticks, longest_gap)
@@ -225,7 +233,7 @@ class ToolEchoModel(EchoChatModel):
         return ChatResult(generations=[ChatGeneration(message=AIMessage("", tool_calls=[call]))])
 
 
-def test_guarded_chat_model_binds_tools_on_the_inner_model() -> None:
+def test_guarded_chat_model_binds_tools_on_the_inner_model(llama_guard_3_policy: Policy) -> None:
     from langchain_core.tools import tool
 
     @tool
@@ -233,7 +241,9 @@ def test_guarded_chat_model_binds_tools_on_the_inner_model() -> None:
         """Search the web."""
         return query
 
-    llm = GuardedChatModel(model=ToolEchoModel(), guard=input_guard(), output_guard=output_guard(), policy=POLICY)
+    llm = GuardedChatModel(
+        model=ToolEchoModel(), guard=input_guard(), output_guard=output_guard(), policy=llama_guard_3_policy
+    )
     with_tools = llm.bind_tools([search])
     assert isinstance(with_tools, GuardedChatModel) and with_tools.guard is llm.guard
     reply = with_tools.invoke("weather in Paris")

@@ -26,12 +26,9 @@ from guardgraph.nodes.evaluation.metrics import (
 )
 from guardgraph.nodes.evaluation.plot import plot_pr_curves
 from guardgraph.nodes.evaluation.run import PREDICTION_KEYS, Prediction, evaluate_file, predict_rows, write_predictions
-from guardgraph.nodes.guards.base import BaseGuard
-from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt, LlamaGuard
-from guardgraph.policies import load_policy
+from tests.fakes import RaisingGuard, scripted_llama_guard
 
 FIXTURE = Path(__file__).parent / "fixtures" / "eval_small.jsonl"
-POLICY = load_policy("llama-guard-3")
 
 # What the scripted guard answers for each fixture row: (outcome, P(unsafe), predicted codes, latency ms).
 # Labels: unsafe = p1 p2 p3 r6 c8 r10 (6), safe = p4 p5 r7 c9 (4).
@@ -62,7 +59,7 @@ class ScriptedGuard:
 
     def _verdict(self, request: GuardRequest) -> Verdict:
         outcome, score, codes, latency = self.script[TEXT_TO_ID[request.checked_text]]
-        hits = tuple(CategoryHit(code, POLICY.category(code).name) for code in codes)
+        hits = tuple(CategoryHit(code, request.policy.category(code).name) for code in codes)
         return Verdict(request.role, outcome, hits, score, latency, self.name)
 
     def check(self, request: GuardRequest) -> Verdict:
@@ -78,8 +75,8 @@ class ScriptedGuard:
 
 
 @pytest.fixture
-def result():
-    return evaluate_file(FIXTURE, ScriptedGuard(), POLICY, batch_size=4)
+def result(llama_guard_3_policy):
+    return evaluate_file(FIXTURE, ScriptedGuard(), llama_guard_3_policy, batch_size=4)
 
 
 def test_confusion_counts_and_rates_match_hand_computation(result):
@@ -148,9 +145,9 @@ def test_latency_percentiles(result):
     assert result.metrics.latency_p95_ms == pytest.approx(95.5)
 
 
-def test_rows_become_the_right_requests():
+def test_rows_become_the_right_requests(llama_guard_3_policy):
     guard = ScriptedGuard()
-    evaluate_file(FIXTURE, guard, POLICY, batch_size=3)
+    evaluate_file(FIXTURE, guard, llama_guard_3_policy, batch_size=3)
     assert guard.batches == [3, 3, 3, 1]
     by_id = {TEXT_TO_ID[request.checked_text]: request for request in guard.requests}
     prompt, response, convo_user, convo_agent = by_id["p1"], by_id["r6"], by_id["c8"], by_id["c9"]
@@ -168,29 +165,17 @@ def test_rows_become_the_right_requests():
     assert [t.speaker for t in convo_user.turns] == ["user", "assistant", "user"]
     assert convo_agent.role == "Agent"
     assert [t.speaker for t in convo_agent.turns] == ["user", "assistant"]
-    assert all(request.policy is POLICY for request in guard.requests)
+    assert all(request.policy is llama_guard_3_policy for request in guard.requests)
 
 
-def test_unparseable_and_errors_count_as_unsafe():
+def test_unparseable_and_errors_count_as_unsafe(llama_guard_3_policy):
     rows = load_rows(FIXTURE).rows[:3]  # p1 p2 p3: all unsafe by label
 
-    class GarbageBackend:
-        name = "garbage"
-
-        def complete(self, prompts: Sequence[GuardPrompt], fmt: object) -> list[Completion]:
-            return [Completion("I am not sure what you mean") for _ in prompts]
-
-    class RaisingGuard(BaseGuard):
-        name = "raising"
-
-        def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-            raise ConnectionError("guard server unreachable")
-
-    unparseable = predict_rows(rows, LlamaGuard(GarbageBackend(), "llama-guard-3"), POLICY)
+    unparseable = predict_rows(rows, scripted_llama_guard("I am not sure what you mean"), llama_guard_3_policy)
     assert {p.outcome for p in unparseable} == {"unparseable"}
     assert {p.predicted for p in unparseable} == {"unsafe"}
 
-    errors = predict_rows(rows, RaisingGuard(), POLICY, batch_size=2)
+    errors = predict_rows(rows, RaisingGuard(), llama_guard_3_policy, batch_size=2)
     assert {p.outcome for p in errors} == {"error"}
     assert {p.predicted for p in errors} == {"unsafe"}
     metrics = compute_metrics(errors)
@@ -199,14 +184,14 @@ def test_unparseable_and_errors_count_as_unsafe():
     assert metrics.auprc_scores == "predicted"
 
 
-def test_monitor_only_verdicts_are_still_scored_as_unsafe():
+def test_monitor_only_verdicts_are_still_scored_as_unsafe(llama_guard_3_policy):
     row = load_rows(FIXTURE).rows[0]
 
     class ShadowGuard(ScriptedGuard):
         def _verdict(self, request: GuardRequest) -> Verdict:
             return super()._verdict(request).with_updates(enforced=False)
 
-    [prediction] = predict_rows([row], ShadowGuard(), POLICY)
+    [prediction] = predict_rows([row], ShadowGuard(), llama_guard_3_policy)
     assert prediction.predicted == "unsafe"
 
 
@@ -299,11 +284,13 @@ def test_malformed_rows_name_the_line(tmp_path):
         load_rows(bad)
 
 
-def test_limit_and_progress_callback():
+def test_limit_and_progress_callback(llama_guard_3_policy):
     calls: list[tuple[int, int]] = []
     loaded = load_rows(FIXTURE, limit=5)
     assert [row.id for row in loaded.rows] == ["p1", "p2", "p3", "p4", "p5"]
-    predict_rows(loaded.rows, ScriptedGuard(), POLICY, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    predict_rows(
+        loaded.rows, ScriptedGuard(), llama_guard_3_policy, batch_size=2, progress=lambda d, t: calls.append((d, t))
+    )
     assert calls == [(2, 5), (4, 5), (5, 5)]
 
 

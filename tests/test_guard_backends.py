@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -14,18 +14,12 @@ from langchain_core.messages import AIMessage
 
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.guards import GUARD_BACKENDS, ModelSetupError, backend_name, build_guard
-from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.batching import BatchingGuard
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.langchain_backend import LangChainBackend
-from guardgraph.policies import load_policy
-
-POLICY = load_policy("llama-guard-3")
-
-
-def user_request(text: str) -> GuardRequest:
-    return GuardRequest("User", (Turn("user", text),), POLICY)
+from guardgraph.policies import Policy
 
 
 @pytest.mark.parametrize(
@@ -42,14 +36,14 @@ def test_the_backend_follows_the_options(options: dict[str, str], expected: str)
     assert expected in GUARD_BACKENDS
 
 
-def test_an_unknown_backend_names_the_known_ones() -> None:
+def test_an_unknown_backend_names_the_known_ones(llama_guard_3_policy: Policy) -> None:
     with pytest.raises(ModelSetupError, match="--guard-backend vllm: use one of offline, transformers, openai, ollama"):
-        build_guard(GuardGraphConfig(guard_backend="vllm"), POLICY)
+        build_guard(GuardGraphConfig(guard_backend="vllm"), llama_guard_3_policy)
 
 
-def test_a_backend_without_its_model_says_what_to_pass() -> None:
+def test_a_backend_without_its_model_says_what_to_pass(llama_guard_3_policy: Policy) -> None:
     with pytest.raises(ModelSetupError, match="--guard-model"):
-        build_guard(GuardGraphConfig(guard_backend="ollama"), POLICY)
+        build_guard(GuardGraphConfig(guard_backend="ollama"), llama_guard_3_policy)
 
 
 class FakeOllama(BaseHTTPRequestHandler):
@@ -87,10 +81,12 @@ def ollama_url() -> Iterator[str]:
         server.server_close()
 
 
-def test_ollama_guard_gets_the_exact_prompt_raw(ollama_url: str) -> None:
+def test_ollama_guard_gets_the_exact_prompt_raw(
+    ollama_url: str, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+) -> None:
     pytest.importorskip("langchain_ollama")
     config = GuardGraphConfig(guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url)
-    guard = build_guard(config, POLICY)
+    guard = build_guard(config, llama_guard_3_policy)
     unsafe = guard.check(user_request("How do I build a bomb?"))
     safe = guard.check(user_request("How do I bake bread?"))
     assert (unsafe.outcome, unsafe.codes, safe.outcome) == (Outcome.UNSAFE, ["S9"], Outcome.SAFE)
@@ -102,7 +98,7 @@ def test_ollama_guard_gets_the_exact_prompt_raw(ollama_url: str) -> None:
     assert body["prompt"].endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
 
 
-def test_a_langchain_chat_model_as_the_guard() -> None:
+def test_a_langchain_chat_model_as_the_guard(user_request: Callable[..., GuardRequest]) -> None:
     replies = iter([AIMessage("unsafe\nS1"), AIMessage("safe")])
     chat = GenericFakeChatModel(messages=replies)
     guard = LlamaGuard(LangChainBackend(chat, "fake-chat"), "llama-guard-3")
@@ -111,12 +107,14 @@ def test_a_langchain_chat_model_as_the_guard() -> None:
     assert first.guard == "llama-guard-3:fake-chat"
 
 
-def test_batching_is_wired_from_the_config(ollama_url: str) -> None:
+def test_batching_is_wired_from_the_config(
+    ollama_url: str, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+) -> None:
     pytest.importorskip("langchain_ollama")
     config = GuardGraphConfig(
         guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url, guard_batch_window_ms=200
     )
-    guard = build_guard(config, POLICY)
+    guard = build_guard(config, llama_guard_3_policy)
     batching = guard.inner  # type: ignore[attr-defined]
     assert isinstance(batching, BatchingGuard)
     verdicts: list[Any] = []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
-from guardgraph.policies import load_policy, policy_from_data
-from tests.scripted import ScriptedBackend
+from guardgraph.policies import policy_from_data
+from tests.fakes import ScriptedBackend
 
 
 def test_prompt_carries_policy_and_category_thresholds() -> None:
@@ -26,9 +28,9 @@ def test_prompt_carries_policy_and_category_thresholds() -> None:
     assert prompt.category_thresholds == {"S2": 0.2}
 
 
-def test_verdict_keeps_raw_text_score_and_guard_name() -> None:
+def test_verdict_keeps_raw_text_score_and_guard_name(user_request: Callable[..., GuardRequest]) -> None:
     guard = LlamaGuard(ScriptedBackend("\n\nunsafe\nS10"), "llama-guard-3")
-    verdict = guard.check(GuardRequest("User", (Turn("user", "..."),), load_policy("llama-guard-3")))
+    verdict = guard.check(user_request("..."))
     assert verdict.outcome is Outcome.UNSAFE and verdict.codes == ["S10"]
     assert verdict.raw == "\n\nunsafe\nS10" and verdict.guard == "llama-guard-3:scripted"
     assert verdict.latency_ms > 0

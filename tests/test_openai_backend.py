@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from langchain_core.language_models.fake import FakeListLLM
 
-from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.langchain_backend import LangChainBackend
@@ -20,10 +21,12 @@ from guardgraph.nodes.guards.llama_guard.openai_backend import (
     p_unsafe_from_top_logprobs,
     strip_bos,
 )
-from guardgraph.policies import load_policy
 
-POLICY = load_policy("llama-guard-3")
-REQUEST = GuardRequest("User", (Turn("user", "How do I make a cake?"),), POLICY)
+
+@pytest.fixture
+def cake_request(user_request: Callable[..., GuardRequest]) -> GuardRequest:
+    """The one-turn User request the backend tests check."""
+    return user_request("How do I make a cake?")
 
 
 def lp(p: float) -> float:
@@ -80,10 +83,10 @@ def stub_backend(text: str, logprobs: Any = None, **kwargs: Any) -> tuple[OpenAI
     return backend, completions
 
 
-def test_request_fields_by_default() -> None:
+def test_request_fields_by_default(cake_request: GuardRequest) -> None:
     logprobs = {"tokens": ["\n\n", "unsafe"], "top_logprobs": [{}, {"unsafe": lp(0.8), "safe": lp(0.2)}]}
     backend, completions = stub_backend("\n\nunsafe\nS1", logprobs)
-    verdict = LlamaGuard(backend).check(REQUEST)
+    verdict = LlamaGuard(backend).check(cake_request)
     assert verdict.outcome is Outcome.UNSAFE and verdict.codes == ["S1"]
     assert verdict.score == pytest.approx(0.8)
     (request,) = completions.requests
@@ -92,9 +95,9 @@ def test_request_fields_by_default() -> None:
     assert request["prompt"].startswith("<|start_header_id|>user")  # the server adds the one BOS
 
 
-def test_vllm_mode_keeps_the_prompt_whole() -> None:
+def test_vllm_mode_keeps_the_prompt_whole(cake_request: GuardRequest) -> None:
     backend, completions = stub_backend("\n\nsafe", None, bos="keep", extra_body=VLLM_EXTRA_BODY, top_logprobs=0)
-    verdict = LlamaGuard(backend).check(REQUEST)
+    verdict = LlamaGuard(backend).check(cake_request)
     assert verdict.outcome is Outcome.SAFE and verdict.score is None
     (request,) = completions.requests
     assert request["prompt"].startswith("<|begin_of_text|>")
@@ -102,9 +105,9 @@ def test_vllm_mode_keeps_the_prompt_whole() -> None:
     assert "logprobs" not in request
 
 
-def test_batches_keep_their_order() -> None:
+def test_batches_keep_their_order(user_request: Callable[..., GuardRequest]) -> None:
     backend, completions = stub_backend("safe")
-    requests = [GuardRequest("User", (Turn("user", f"message {i}"),), POLICY) for i in range(6)]
+    requests = [user_request(f"message {i}") for i in range(6)]
     verdicts = LlamaGuard(backend).check_batch(requests)
     assert [v.outcome for v in verdicts] == [Outcome.SAFE] * 6
     assert sorted(r["prompt"] for r in completions.requests) == sorted(
@@ -112,7 +115,7 @@ def test_batches_keep_their_order() -> None:
     )
 
 
-def test_langchain_backend_reads_generation_logprobs() -> None:
+def test_langchain_backend_reads_generation_logprobs(cake_request: GuardRequest) -> None:
     class LogprobLLM(FakeListLLM):
         def _generate(self, prompts: list[str], *args: Any, **kwargs: Any) -> Any:
             result = super()._generate(prompts, *args, **kwargs)
@@ -122,7 +125,7 @@ def test_langchain_backend_reads_generation_logprobs() -> None:
                 }
             return result
 
-    verdict = LlamaGuard(LangChainBackend(LogprobLLM(responses=["unsafe\nS2"]))).check(REQUEST)
+    verdict = LlamaGuard(LangChainBackend(LogprobLLM(responses=["unsafe\nS2"]))).check(cake_request)
     assert verdict.codes == ["S2"] and verdict.score == pytest.approx(0.6)
-    plain = LlamaGuard(LangChainBackend(FakeListLLM(responses=["safe"]))).check(REQUEST)
+    plain = LlamaGuard(LangChainBackend(FakeListLLM(responses=["safe"]))).check(cake_request)
     assert plain.outcome is Outcome.SAFE and plain.score is None

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,20 +30,18 @@ pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] ext
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.chat import chat_model_for
 from guardgraph.graph.models.guards import build_guard
-from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.run import GuardSettings, run_guard
 from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.openai_backend import OpenAICompletionBackend
 from guardgraph.nodes.refuse import UNDECIDED_REFUSAL
 from guardgraph.nodes.shipped_models import smollm2_gguf_path
-from guardgraph.policies import load_policy
+from guardgraph.policies import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2"
 START_TIMEOUT_S = 120
-POLICY = load_policy("llama-guard-3")
-REQUEST = GuardRequest("User", (Turn("user", "How do I bake bread at home?"),), POLICY)
 
 
 def free_port() -> int:
@@ -97,16 +95,24 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.wait(timeout=15)
 
 
+@pytest.fixture
+def bread_request(user_request: Callable[..., GuardRequest]) -> GuardRequest:
+    """The one-turn User request sent through the server."""
+    return user_request("How do I bake bread at home?")
+
+
 def test_chat_through_the_chat_endpoint(endpoint: str) -> None:
     config = GuardGraphConfig(chat_endpoint=endpoint, chat_model=MODEL_NAME, max_new_tokens=24)
     reply = chat_model_for(config).invoke("Say hello in one short sentence.")
     assert isinstance(reply.content, str) and reply.content.strip(), reply
 
 
-def test_guard_through_the_guard_endpoint_fails_closed(endpoint: str) -> None:
+def test_guard_through_the_guard_endpoint_fails_closed(
+    endpoint: str, bread_request: GuardRequest, llama_guard_3_policy: Policy
+) -> None:
     """``--guard-endpoint``: the exact prompt goes to /v1/completions and SmolLM2's answer is parsed."""
     config = GuardGraphConfig(guard_endpoint=endpoint, guard_model=MODEL_NAME)
-    verdict = run_guard(build_guard(config, POLICY), REQUEST, GuardSettings())
+    verdict = run_guard(build_guard(config, llama_guard_3_policy), bread_request, GuardSettings())
     assert verdict.outcome is not Outcome.ERROR, verdict.reason  # the server answered
     assert verdict.raw is not None
     # SmolLM2 is no guard: whatever it wrote, only a well-formed Llama Guard answer may pass.
@@ -116,10 +122,10 @@ def test_guard_through_the_guard_endpoint_fails_closed(endpoint: str) -> None:
         assert verdict.raw.strip().lower().startswith(("safe", "unsafe")), verdict.raw
 
 
-def test_completions_backend_reads_logprobs(endpoint: str) -> None:
+def test_completions_backend_reads_logprobs(endpoint: str, bread_request: GuardRequest) -> None:
     backend = OpenAICompletionBackend(endpoint, MODEL_NAME, top_logprobs=20, timeout_s=120)
     # the server accepts the request shape and returns top-k logprobs at every generated position
-    prompt = backend.prompt_text(LlamaGuard(backend).render(REQUEST))
+    prompt = backend.prompt_text(LlamaGuard(backend).render(bread_request))
     response = backend.client.completions.create(
         model=MODEL_NAME, prompt=prompt, max_tokens=4, temperature=0, logprobs=20
     )
@@ -127,7 +133,7 @@ def test_completions_backend_reads_logprobs(endpoint: str) -> None:
     assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
     assert all(len(top) >= 2 for top in logprobs.top_logprobs)
 
-    verdict = run_guard(LlamaGuard(backend), REQUEST, GuardSettings())
+    verdict = run_guard(LlamaGuard(backend), bread_request, GuardSettings())
     assert verdict.outcome is not Outcome.ERROR, verdict.reason
     # P(unsafe) is computed where the verdict words are among the top 20, else None
     assert verdict.score is None or (0.0 <= verdict.score <= 1.0 and math.isfinite(verdict.score))

@@ -19,23 +19,13 @@ COMMON = """
 import json, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import HumanMessage
 from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.graph.models.checkpointers import build_checkpointer
 from guardgraph.policies import load_policy
 from guardgraph.nodes.context import Context
-from tests.scripted import keyword_answer, scripted_llama_guard
-
-class EchoChat(BaseChatModel):
-    @property
-    def _llm_type(self) -> str:
-        return "echo"
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
-        last = [m for m in messages if m.type == "human"][-1].content
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(f"reply to {last}"))])
+from tests.fakes import keyword_answer, scripted_llama_guard
+from tests.serving import EchoChatModel
 
 POLICY = load_policy("llama-guard-3")
 DB = Path(sys.argv[1])
@@ -43,7 +33,7 @@ THREADS, TURNS = int(sys.argv[2]), int(sys.argv[3])
 
 def make_graph():
     guard = scripted_llama_guard(keyword_answer("forbidden", codes="S2"))
-    deps = GuardedChatDeps(chat_model=EchoChat(), input_guard=guard, output_guard=guard, policy=POLICY)
+    deps = GuardedChatDeps(chat_model=EchoChatModel(), input_guard=guard, output_guard=guard, policy=POLICY)
     return build_graph(deps, build_checkpointer(DB))
 
 def text(thread: int, turn: int) -> str:
@@ -56,7 +46,7 @@ def expected(thread: int) -> list[list[str]]:
         if turn % 5 == 4:
             out.append(["ai", POLICY.category("S2").refusal or POLICY.default_refusal])
         else:
-            out.append(["ai", f"reply to {text(thread, turn)}"])
+            out.append(["ai", f"You said: {text(thread, turn)}"])
     return out
 """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +14,8 @@ from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.streaming.generation import BackgroundGeneration
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
 from guardgraph.nodes.streaming.precheck import Lookahead, Precheck, guessed_chunk
-from tests.scripted import SlowGuard, keyword_answer, scripted_llama_guard
-from tests.test_streaming import make, stream_turn
+from tests.fakes import SlowGuard, keyword_answer, scripted_llama_guard
+from tests.test_streaming import stream_turn
 from tests.tiny_models import tiny_chat_model
 
 REPLY_TOKENS = ["To", " make", " a", " cake", ",", " mix", " it", "."]
@@ -169,7 +169,7 @@ def test_a_held_back_first_word_is_guessed_exactly() -> None:
     assert guessed_chunk("", lookaheads[-1]) == pieces[0]
 
 
-def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk() -> None:
+def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk(make_guarded_graph: Callable[..., Any]) -> None:
     first_chunk_threads: list[str] = []
 
     def answer(prompt: str) -> str:
@@ -178,7 +178,7 @@ def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk() -> None:
         return "safe"
 
     no_timeout = GuardSettings(timeout_s=None)  # the check runs on the thread that asked for it
-    graph = make(
+    graph = make_guarded_graph(
         tiny_chat_model(HELD_BACK_REPLY), output_guard=scripted_llama_guard(answer), output_settings=no_timeout
     )
     released, final = stream_turn(graph, "A cake?")
@@ -187,9 +187,11 @@ def test_graph_uses_the_precheck_verdict_for_a_held_back_first_chunk() -> None:
     assert len(first_chunk_threads) == 1 and first_chunk_threads[0].startswith("guardgraph-precheck")
 
 
-def test_graph_releases_the_local_models_reply_checked_chunk_by_chunk(tiny_chat: Any) -> None:
+def test_graph_releases_the_local_models_reply_checked_chunk_by_chunk(
+    tiny_chat: Any, make_guarded_graph: Callable[..., Any]
+) -> None:
     guard = scripted_llama_guard()
-    released, final = stream_turn(make(tiny_chat, output_guard=guard), "How do I make a cake?")
+    released, final = stream_turn(make_guarded_graph(tiny_chat, output_guard=guard), "How do I make a cake?")
     assert "".join(released) == "To make a cake, mix it." == final["messages"][-1].content
     checked = [p for p in guard.backend.prompts if "'Agent' messages" in p]  # type: ignore[attr-defined]
     shown = ""
@@ -198,16 +200,18 @@ def test_graph_releases_the_local_models_reply_checked_chunk_by_chunk(tiny_chat:
         assert any(f"Agent: {shown.strip()}" in prompt for prompt in checked)
 
 
-def test_graph_blocks_an_unsafe_first_chunk_found_by_the_precheck(tiny_chat: Any) -> None:
+def test_graph_blocks_an_unsafe_first_chunk_found_by_the_precheck(
+    tiny_chat: Any, make_guarded_graph: Callable[..., Any]
+) -> None:
     guard = scripted_llama_guard(keyword_answer("to", codes="S9"))
-    released, final = stream_turn(make(tiny_chat, output_guard=guard), "How do I make a cake?")
+    released, final = stream_turn(make_guarded_graph(tiny_chat, output_guard=guard), "How do I make a cake?")
     assert released == [] and final["refused"] is True
 
 
-def test_unsafe_input_starts_no_output_check(tiny_chat: Any) -> None:
+def test_unsafe_input_starts_no_output_check(tiny_chat: Any, make_guarded_graph: Callable[..., Any]) -> None:
     log: list[Any] = []
     input_guard = SlowGuard(scripted_llama_guard("unsafe\nS9"), 0.05, log)
     output_guard = scripted_llama_guard()
-    released, final = stream_turn(make(tiny_chat, input_guard, output_guard), "pipe bomb howto")
+    released, final = stream_turn(make_guarded_graph(tiny_chat, input_guard, output_guard), "pipe bomb howto")
     assert released == [] and final["refused"] is True
     assert output_guard.backend.prompts == []  # type: ignore[attr-defined]

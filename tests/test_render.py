@@ -14,7 +14,7 @@ from guardgraph.graph.cli.app import app
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.llama_guard.formats import FORMATS, get_format
 from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
-from guardgraph.policies import load_policy
+from guardgraph.policies import Policy, load_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = (Turn("user", "How do I make a cake?"),)
@@ -202,12 +202,14 @@ Provide your safety assessment for {role} in the above conversation:
         ],
     ],
 )
-def test_seed_policy_in_lg1_format_equals_the_seeds_prompt(chat: list[dict[str, str]]) -> None:
+def test_seed_policy_in_lg1_format_equals_the_seeds_prompt(
+    chat: list[dict[str, str]], seed_custom_policy: Policy
+) -> None:
     categories = (FIXTURES / "seed_unsafe_categories.txt").read_text(encoding="utf-8")
     expected = moderation_prompt_for_chat(chat, categories)
     turns = tuple(Turn(m["role"], m["content"]) for m in chat)  # type: ignore[arg-type]
     role = "User" if turns[-1].speaker == "user" else "Agent"
-    request = GuardRequest(role, turns, load_policy("seed-custom"))
+    request = GuardRequest(role, turns, seed_custom_policy)
     assert render_prompt(request, get_format("llama-guard-1")) == expected
     assert "O7: Financial Information related to Amazon.\n" in expected
 
@@ -219,8 +221,8 @@ def test_descriptions_follow_their_category_line() -> None:
     assert "desire to harm themselves.\n<END UNSAFE CONTENT CATEGORIES>" in prompt
 
 
-def test_excluded_categories_are_dropped_without_renumbering() -> None:
-    policy = load_policy("llama-guard-3").excluding("S2", "S5")
+def test_excluded_categories_are_dropped_without_renumbering(llama_guard_3_policy: Policy) -> None:
+    policy = llama_guard_3_policy.excluding("S2", "S5")
     prompt = render_prompt(GuardRequest("User", USER, policy), get_format("llama-guard-3"))
     assert "S2:" not in prompt and "S5:" not in prompt
     assert "S1: Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS6: Specialized Advice.\n" in prompt

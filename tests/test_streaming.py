@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.messages import HumanMessage
-from langgraph.checkpoint.memory import InMemorySaver
 
-from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.context import Context
-from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
-from guardgraph.policies import load_policy
-from tests.scripted import ScriptedChatModel, SlowGuard, keyword_answer, scripted_llama_guard
+from guardgraph.policies import Policy
+from tests.fakes import ScriptedChatModel, SlowGuard, keyword_answer, scripted_llama_guard
 
-POLICY = load_policy("llama-guard-3")
 UNSAFE_MID_REPLY = [
     "Sure. ",
     "Here is ",
@@ -44,29 +41,18 @@ def stream_turn(graph: Any, text: str, thread: str = "t") -> tuple[list[str], di
     return released, final
 
 
-def make(
-    model: ScriptedChatModel, input_guard: Guard | None = None, output_guard: Guard | None = None, **kw: Any
-) -> Any:
-    deps = GuardedChatDeps(
-        chat_model=model,
-        input_guard=input_guard or scripted_llama_guard(),
-        output_guard=output_guard or scripted_llama_guard(),
-        policy=POLICY,
-        **kw,
-    )
-    return build_graph(deps, InMemorySaver())
-
-
-def test_reply_turning_unsafe_mid_stream_is_cut_before_the_unsafe_chunk() -> None:
+def test_reply_turning_unsafe_mid_stream_is_cut_before_the_unsafe_chunk(
+    make_guarded_graph: Callable[..., Any], llama_guard_3_policy: Policy
+) -> None:
     model = ScriptedChatModel(replies=[UNSAFE_MID_REPLY])
     log = model.log
     output_guard = SlowGuard(scripted_llama_guard(keyword_answer("detonator", codes="S9")), 0.0, log)
-    released, final = stream_turn(make(model, output_guard=output_guard), "Tell me a story")
+    released, final = stream_turn(make_guarded_graph(model, output_guard=output_guard), "Tell me a story")
     shown = "".join(released)
     assert shown and "detonator" not in shown and "pipe" not in shown
     assert "Sure." in shown
     assert final["refused"] is True
-    assert final["messages"][-1].content == POLICY.category("S9").refusal  # type: ignore[union-attr]
+    assert final["messages"][-1].content == llama_guard_3_policy.category("S9").refusal  # type: ignore[union-attr]
     assert not any("detonator" in str(m.content) for m in final["messages"])
     # every released chunk was covered by a passing check of the reply up to it, before it was released
     checked_ok = [detail for event, _, detail in log if event == "guard-start"]
@@ -96,10 +82,12 @@ def test_release_guarded_emits_only_after_each_check() -> None:
     assert "bad" not in emitted
 
 
-def test_safe_stream_releases_everything_and_output_guard_reuses_the_last_check() -> None:
+def test_safe_stream_releases_everything_and_output_guard_reuses_the_last_check(
+    make_guarded_graph: Callable[..., Any],
+) -> None:
     guard = scripted_llama_guard()
     model = ScriptedChatModel(replies=[["Paris ", "is ", "the ", "capital. ", "It ", "is ", "lovely."]])
-    released, final = stream_turn(make(model, output_guard=guard), "Capital of France?")
+    released, final = stream_turn(make_guarded_graph(model, output_guard=guard), "Capital of France?")
     assert "".join(released) == "Paris is the capital. It is lovely."
     assert final["messages"][-1].content == "Paris is the capital. It is lovely."
     agent_prompts = [p for p in guard.backend.prompts if "'Agent' messages" in p]  # type: ignore[attr-defined]
@@ -107,22 +95,22 @@ def test_safe_stream_releases_everything_and_output_guard_reuses_the_last_check(
     assert len(full_checks) == 1  # the output guard node did not check the complete reply a second time
 
 
-def test_generation_starts_while_the_input_guard_runs() -> None:
+def test_generation_starts_while_the_input_guard_runs(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[["Hello ", "there."]])
     log = model.log
     input_guard = SlowGuard(scripted_llama_guard(), 0.3, log)
-    released, _ = stream_turn(make(model, input_guard=input_guard), "Hi")
+    released, _ = stream_turn(make_guarded_graph(model, input_guard=input_guard), "Hi")
     start = next(t for e, t, _ in log if e == "start")
     guard_end = next(t for e, t, _ in log if e == "guard-end")
     assert start < guard_end  # speculative generation overlapped the input check
     assert "".join(released) == "Hello there."
 
 
-def test_unsafe_input_cancels_the_speculative_draft_unseen() -> None:
+def test_unsafe_input_cancels_the_speculative_draft_unseen(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[[f"word{i} " for i in range(200)]], delay_s=0.01)
     log = model.log
     input_guard = SlowGuard(scripted_llama_guard("unsafe\nS9"), 0.1, log)
-    released, final = stream_turn(make(model, input_guard=input_guard), "pipe bomb howto")
+    released, final = stream_turn(make_guarded_graph(model, input_guard=input_guard), "pipe bomb howto")
     time.sleep(0.1)
     assert released == []
     assert final["refused"] is True and final.get("draft") is None
@@ -132,9 +120,9 @@ def test_unsafe_input_cancels_the_speculative_draft_unseen() -> None:
     assert sum(e == "piece" for e, _, _ in log) < 200  # ...long before it finished
 
 
-def test_chat_model_error_ends_the_turn_and_keeps_the_conversation() -> None:
+def test_chat_model_error_ends_the_turn_and_keeps_the_conversation(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[["Fine."], ["Back again."]], fail=True)
-    graph = make(model)
+    graph = make_guarded_graph(model)
     _, final = stream_turn(graph, "Hello")
     assert "model server crashed" in final["error"]
     assert [m.type for m in final["messages"]] == ["human"]
@@ -144,10 +132,10 @@ def test_chat_model_error_ends_the_turn_and_keeps_the_conversation() -> None:
     assert final.get("error") is None
 
 
-def test_invoke_without_streaming_checks_once() -> None:
+def test_invoke_without_streaming_checks_once(make_guarded_graph: Callable[..., Any]) -> None:
     guard = scripted_llama_guard()
     model = ScriptedChatModel(replies=[["One. ", "Two. ", "Three. ", "Four."]])
-    graph = make(model, output_guard=guard)
+    graph = make_guarded_graph(model, output_guard=guard)
     state = graph.invoke(
         {"messages": [HumanMessage("count")]},
         {"configurable": {"thread_id": "x"}},

@@ -14,9 +14,8 @@ from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.windowed import WindowedGuard, combine, split_windows, truncate_context, windowed
-from guardgraph.policies import load_policy
+from guardgraph.policies import Policy
 
-POLICY = load_policy("llama-guard-3")
 UNSAFE = "Tell me exactly how to build a pipe bomb at home."
 BENIGN_WORDS = [
     "the",
@@ -104,36 +103,36 @@ def test_short_text_is_one_window() -> None:
 
 
 @pytest.mark.parametrize("where", ["end", "start", "middle"])
-def test_unsafe_sentence_anywhere_in_200kb_is_found(where: str) -> None:
+def test_unsafe_sentence_anywhere_in_200kb_is_found(where: str, llama_guard_3_policy: Policy) -> None:
     benign = benign_text(200_000)
     text = {"end": f"{benign} {UNSAFE}", "start": f"{UNSAFE} {benign}", "middle": f"{benign} {UNSAFE} {benign}"}[where]
     inner = SentenceGuard()
     guard = WindowedGuard(inner)
-    verdict = guard.check(GuardRequest("User", (Turn("user", text),), POLICY))
+    verdict = guard.check(GuardRequest("User", (Turn("user", text),), llama_guard_3_policy))
     assert verdict.outcome is Outcome.UNSAFE and verdict.codes == ["S9"] and verdict.score == 0.97
     assert inner.batches == [len(inner.seen)] and len(inner.seen) > 100  # one batch, many windows
     assert verdict.metadata["windows"] == len(inner.seen)
 
 
-def test_sentence_cut_by_every_possible_window_edge_is_still_found() -> None:
+def test_sentence_cut_by_every_possible_window_edge_is_still_found(llama_guard_3_policy: Policy) -> None:
     inner = SentenceGuard(max_input_chars=200, window_overlap_chars=60)
     guard = WindowedGuard(inner)
     for shift in range(0, 200, 7):
         text = "a" * shift + " " + benign_text(900, seed=shift) + " " + UNSAFE + " " + benign_text(500, seed=shift)
-        verdict = guard.check(GuardRequest("User", (Turn("user", text),), POLICY))
+        verdict = guard.check(GuardRequest("User", (Turn("user", text),), llama_guard_3_policy))
         assert verdict.outcome is Outcome.UNSAFE, shift
 
 
-def test_benign_long_text_is_safe_and_short_text_passes_through() -> None:
+def test_benign_long_text_is_safe_and_short_text_passes_through(llama_guard_3_policy: Policy) -> None:
     inner = SentenceGuard()
     guard = WindowedGuard(inner)
-    assert guard.check(GuardRequest("User", (Turn("user", benign_text(50_000)),), POLICY)).safe
-    short = GuardRequest("User", (Turn("user", "hello"),), POLICY)
+    assert guard.check(GuardRequest("User", (Turn("user", benign_text(50_000)),), llama_guard_3_policy)).safe
+    short = GuardRequest("User", (Turn("user", "hello"),), llama_guard_3_policy)
     inner.seen.clear()
     assert guard.check(short).safe and inner.seen == [short]
 
 
-def test_context_is_truncated_from_the_start() -> None:
+def test_context_is_truncated_from_the_start(llama_guard_3_policy: Policy) -> None:
     inner = SentenceGuard()
     guard = WindowedGuard(inner, context_chars=1000)
     turns = (
@@ -141,7 +140,7 @@ def test_context_is_truncated_from_the_start() -> None:
         Turn("assistant", benign_text(5000, 2) + " END-OF-REPLY"),
         Turn("user", benign_text(3000, 3) + " " + UNSAFE),
     )
-    verdict = guard.check(GuardRequest("User", turns, POLICY))
+    verdict = guard.check(GuardRequest("User", turns, llama_guard_3_policy))
     assert verdict.outcome is Outcome.UNSAFE
     for request in inner.seen:
         context = request.turns[:-1]
@@ -149,11 +148,11 @@ def test_context_is_truncated_from_the_start() -> None:
         assert all(t.speaker == "user" for t in context[:1])
 
 
-def test_agent_check_keeps_the_user_turn_as_context() -> None:
+def test_agent_check_keeps_the_user_turn_as_context(llama_guard_3_policy: Policy) -> None:
     inner = SentenceGuard()
     guard = WindowedGuard(inner)
     turns = (Turn("user", "Tell me a long story"), Turn("assistant", benign_text(10_000) + " " + UNSAFE))
-    verdict = guard.check(GuardRequest("Agent", turns, POLICY))
+    verdict = guard.check(GuardRequest("Agent", turns, llama_guard_3_policy))
     assert verdict.outcome is Outcome.UNSAFE
     assert all(r.turns[0] == Turn("user", "Tell me a long story") and r.role == "Agent" for r in inner.seen)
 
@@ -182,14 +181,16 @@ def test_windowed_is_applied_once_and_delegates() -> None:
     assert windowed(guard) is guard and guard.name == "sentence" and guard.max_input_chars == 1500
 
 
-def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch, llama_guard_3_policy: Policy) -> None:
     from guardgraph.graph.config import GuardGraphConfig
     from guardgraph.graph.models.guards import GUARD_BACKENDS, build_guard
 
     monkeypatch.setitem(GUARD_BACKENDS, "offline", lambda config, policy: SentenceGuard())
-    guard = build_guard(GuardGraphConfig(), POLICY)
+    guard = build_guard(GuardGraphConfig(), llama_guard_3_policy)
     assert isinstance(guard, WindowedGuard)
-    endpoint = build_guard(GuardGraphConfig(guard_endpoint="http://127.0.0.1:9/v1", guard_model="x"), POLICY)
+    endpoint = build_guard(
+        GuardGraphConfig(guard_endpoint="http://127.0.0.1:9/v1", guard_model="x"), llama_guard_3_policy
+    )
     assert isinstance(endpoint, WindowedGuard) and endpoint.window_chars > 1500
 
 

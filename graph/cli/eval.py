@@ -20,8 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from guardgraph.graph.cli.options import USER_ERRORS, error_line, fail, loading_models
-from guardgraph.graph.config import DEFAULT_POLICY, GuardGraphConfig
+from guardgraph.graph.cli.options import GUARD_OPTIONS, loading_models, with_config
+from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.guards import build_guard
 from guardgraph.nodes.evaluation.datasets import EvalDataError, LoadedRows, load_rows
 from guardgraph.nodes.evaluation.metrics import EvalMetrics
@@ -154,7 +154,9 @@ def _prediction_paths(out: Path, loaded: Sequence[LoadedRows]) -> list[Path]:
     return [out / f"{name}.jsonl" for name in names]
 
 
+@with_config(GUARD_OPTIONS)
 def eval_command(
+    config: GuardGraphConfig,
     data: Annotated[
         list[Path],
         typer.Argument(metavar="DATA.jsonl...", help="Labeled JSONL data sets (prompt/response/conversation rows)."),
@@ -169,37 +171,20 @@ def eval_command(
     plot: Annotated[Path | None, typer.Option(help="Save the precision-recall curve(s) as a PNG.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N rows of each file.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests per check_batch call.")] = 8,
-    policy: Annotated[str, typer.Option(help="Bundled policy name or path to a policy YAML file.")] = DEFAULT_POLICY,
-    guard_format: Annotated[
-        str | None, typer.Option(help="llama-guard-1|2|3|3-1b|4; default: the policy's format.")
-    ] = None,
-    guard_model: Annotated[
-        str | None,
-        typer.Option(help="Llama Guard hub id or local path (or the model name at --guard-endpoint)."),
-    ] = None,
-    guard_endpoint: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible base URL serving the guard (vLLM, llama.cpp, TGI).")
-    ] = None,
 ) -> None:
     """Measure the guard on labeled data: F1, precision, recall, FPR, AUPRC, per-category recall, latency.
 
     Refusal sets (compliance/refusal labels) are rejected; unparseable or failed verdicts count as unsafe.
     """
-    try:
-        config = GuardGraphConfig(
-            policy=policy, guard_format=guard_format, guard_model=guard_model, guard_endpoint=guard_endpoint
-        )
-        loaded_policy = config.load_policy()
-        loaded = [load_rows(path, limit=limit) for path in data]  # all files checked before any model loads
-        prediction_paths = _prediction_paths(out, loaded) if out is not None else []
-        for rows in loaded:
-            for message in rows.skipped_messages():
-                err_console.print(f"[yellow]{dataset_name(rows.path)}:[/] {message}", highlight=False)
-        with loading_models(quiet=json_output):
-            guard = build_guard(config, loaded_policy)
-        results = run_eval(loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns)
-    except (EvalDataError, *USER_ERRORS) as error:
-        fail(error_line(error))
+    loaded_policy = config.load_policy()
+    loaded = [load_rows(path, limit=limit) for path in data]  # all files checked before any model loads
+    prediction_paths = _prediction_paths(out, loaded) if out is not None else []
+    for rows in loaded:
+        for message in rows.skipped_messages():
+            err_console.print(f"[yellow]{dataset_name(rows.path)}:[/] {message}", highlight=False)
+    with loading_models(quiet=json_output):
+        guard = build_guard(config, loaded_policy)
+    results = run_eval(loaded, guard, loaded_policy, batch_size=batch_size, window_turns=config.window_turns)
 
     for path, result in zip(prediction_paths, results, strict=False):  # no paths without --out
         write_predictions(result.predictions, path)

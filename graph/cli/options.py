@@ -25,6 +25,7 @@ from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.guards import GUARD_BACKENDS, ModelSetupError
 from guardgraph.nodes import defaults
 from guardgraph.nodes.checks.request import ConversationError, GuardRequest, guard_request, turns_from_messages
+from guardgraph.nodes.evaluation.datasets import EvalDataError
 from guardgraph.nodes.guards.llama_guard.formats import UnknownFormatError
 from guardgraph.policies.loader import PolicyError
 from guardgraph.policies.model import Policy
@@ -39,6 +40,7 @@ class TurnError(RuntimeError):
 
 USER_ERRORS = (
     TurnError,
+    EvalDataError,
     PolicyError,
     ConversationError,
     UnknownFormatError,

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from guardgraph.nodes import defaults
 from guardgraph.nodes.checks.audit import AuditLog
 from guardgraph.nodes.checks.request import ConversationError, GuardRequest, guard_request
-from guardgraph.nodes.checks.verdict import Outcome, Role, Verdict
-from guardgraph.nodes.guards.base import Guard, error_verdict
+from guardgraph.nodes.checks.verdict import BAD_INPUT, Outcome, Role, Verdict, undecided_verdict
+from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies.model import Policy
-
-INPUT_ERROR = "input_error"  # verdict metadata flag: the content itself could not be checked
 
 
 class GuardTimeoutError(TimeoutError):
@@ -67,7 +65,7 @@ def check(
     try:
         request = guard_request(role, messages, policy, settings.window_turns, reply)
     except ConversationError as error:
-        verdict = input_error_verdict(role, guard, str(error))
+        verdict = undecided_verdict(role, getattr(guard, "name", "guard"), str(error), bad_input=True)
         if settings.audit is not None:
             settings.audit.record(verdict, request=None, thread_id=thread_id, guard=guard, policy=policy)
         return verdict
@@ -84,7 +82,7 @@ def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thre
             raise TypeError(f"the guard returned {type(verdict).__name__}, not a Verdict")
     except Exception as error:  # a guard that breaks must never let content through silently
         elapsed = (time.perf_counter() - started) * 1000
-        verdict = error_verdict(request, name, f"{type(error).__name__}: {error}", elapsed)
+        verdict = undecided_verdict(request.role, name, f"{type(error).__name__}: {error}", latency_ms=elapsed)
     else:
         if not verdict.latency_ms:
             verdict = verdict.with_updates(latency_ms=(time.perf_counter() - started) * 1000)
@@ -129,23 +127,12 @@ def apply_modes(verdict: Verdict, settings: GuardSettings) -> Verdict:
     it counts as UNSAFE (with the reason kept), never as a bypass. Bad input is never bypassed.
     """
     undecided = verdict.outcome in (Outcome.ERROR, Outcome.UNPARSEABLE)
-    if undecided and settings.fail_open and not verdict.metadata.get(INPUT_ERROR):
+    if undecided and settings.fail_open and not verdict.metadata.get(BAD_INPUT):
         said_unsafe = bool(verdict.categories) or (verdict.raw or "").strip().lower().startswith("unsafe")
         if verdict.outcome is Outcome.UNPARSEABLE and said_unsafe:
             verdict = verdict.with_updates(outcome=Outcome.UNSAFE)
         else:
             return verdict.with_updates(outcome=Outcome.BYPASS, reason=f"fail-open bypass: {verdict.reason}")
-    if settings.shadow and verdict.blocks and not verdict.metadata.get(INPUT_ERROR):
+    if settings.shadow and verdict.blocks and not verdict.metadata.get(BAD_INPUT):
         return verdict.with_updates(enforced=False)
     return verdict
-
-
-def input_error_verdict(role: Role, guard: Guard, reason: str) -> Verdict:
-    """The verdict for content no guard can check (images, unknown roles, empty): always blocks."""
-    return Verdict(
-        role=role,
-        outcome=Outcome.ERROR,
-        guard=getattr(guard, "name", "guard"),
-        reason=reason,
-        metadata={INPUT_ERROR: True},
-    )

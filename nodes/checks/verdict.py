@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Role = Literal["User", "Agent"]
+BAD_INPUT = "input_error"  # metadata flag: the content itself could not be checked (no mode lets it through)
 
 
 class Outcome(StrEnum):
@@ -73,3 +74,17 @@ class Verdict:
         fields["outcome"] = Outcome(fields["outcome"])
         fields["categories"] = tuple(CategoryHit(**hit) for hit in fields.get("categories", ()))
         return cls(**fields)
+
+
+def undecided_verdict(
+    role: Role, guard: str, reason: str, *, latency_ms: float = 0.0, bad_input: bool = False
+) -> Verdict:
+    """The verdict of a check that could not decide: ERROR, which blocks (fail closed).
+
+    ``bad_input``: the content itself cannot be checked (empty, images, unknown roles); fail-open and shadow
+    modes never let such content through.
+    """
+    metadata = {BAD_INPUT: True} if bad_input else {}
+    return Verdict(
+        role=role, outcome=Outcome.ERROR, guard=guard, reason=reason, latency_ms=latency_ms, metadata=metadata
+    )

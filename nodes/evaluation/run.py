@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.verdict import Outcome, Verdict, undecided_verdict
 from guardgraph.nodes.evaluation.datasets import EvalRow, Label, LoadedRows, load_rows
 from guardgraph.nodes.evaluation.metrics import EvalMetrics, compute_metrics, precision_recall_curve
-from guardgraph.nodes.guards.base import Guard, error_verdict
+from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies.model import Policy
 
 PREDICTION_KEYS: tuple[str, ...] = (
@@ -115,7 +115,7 @@ def predict_rows(
                 raise RuntimeError(f"{len(verdicts)} verdicts for {len(requests)} requests")
         except Exception as error:  # fail closed, keep going
             reason = f"{type(error).__name__}: {error}"
-            verdicts = [error_verdict(request, guard_name, reason) for request in requests]
+            verdicts = [undecided_verdict(request.role, guard_name, reason) for request in requests]
         predictions.extend(predict(row, verdict) for row, verdict in zip(batch, verdicts, strict=True))
         if progress is not None:
             progress(len(predictions), total)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from guardgraph.nodes.checks.request import GuardRequest
-from guardgraph.nodes.checks.verdict import Outcome, Verdict
+from guardgraph.nodes.checks.verdict import Verdict
 
 
 @runtime_checkable
@@ -51,8 +51,3 @@ class BaseGuard(ABC):
 
     async def acheck(self, request: GuardRequest) -> Verdict:
         return await asyncio.to_thread(self.check, request)
-
-
-def error_verdict(request: GuardRequest, guard: str, reason: str, latency_ms: float = 0.0) -> Verdict:
-    """The verdict for a guard that could not decide: it blocks unless a fail-open policy says otherwise."""
-    return Verdict(role=request.role, outcome=Outcome.ERROR, guard=guard, reason=reason, latency_ms=latency_ms)

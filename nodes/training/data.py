@@ -1,4 +1,4 @@
-"""Training rows for the offline guard: ../shared/datasets/train (never eval/) plus the project's contrast sets."""
+"""Training rows for the offline guard: the shared datasets' train/ split (never eval/) plus the contrast sets."""
 
 from __future__ import annotations
 

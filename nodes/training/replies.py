@@ -109,7 +109,7 @@ def generate(prompts: Sequence[str], out: Path, threads: int = 2) -> dict[str, s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
+    parser.add_argument("--datasets", type=Path, required=True, help="the train/ folder of the shared datasets")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from guardgraph.nodes.evaluation.metrics import average_precision, confusion_counts, rates
+from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT
 from guardgraph.nodes.guards.offline.network import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
 from guardgraph.nodes.training.data import (
     Example,
@@ -182,8 +183,8 @@ def build_examples(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets/train"))
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "artifact")
+    parser.add_argument("--datasets", type=Path, required=True, help="the train/ folder of the shared datasets")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT, help="where the artifact is written")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from guardgraph.nodes import defaults
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import Verdict
 from guardgraph.nodes.guards.base import BaseGuard
@@ -54,7 +55,7 @@ class LlamaGuard(BaseGuard):
     def __init__(
         self,
         backend: CompletionBackend,
-        guard_format: GuardFormat | str = "llama-guard-3",
+        guard_format: GuardFormat | str = defaults.GUARD_FORMAT,
         descriptions: bool = True,
         name: str | None = None,
     ) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from guardgraph.nodes import defaults
 from guardgraph.nodes.guards.llama_guard.formats import GuardFormat
 from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt
 
@@ -110,7 +111,7 @@ class OpenAICompletionBackend:
         top_logprobs: int | None = 20,
         bos: Literal["strip", "keep"] = "strip",
         extra_body: Mapping[str, Any] | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = defaults.GUARD_TIMEOUT_S,
         max_concurrency: int = 4,
         client: Any = None,
     ) -> None:

@@ -1,7 +1,8 @@
-"""Scripted fakes for tests: guards and backends that answer what the test says."""
+"""Scripted fakes for tests: guards, completion backends and chat models that answer what the test says."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -17,13 +18,19 @@ from guardgraph.nodes.guards.base import BaseGuard, Guard
 from guardgraph.nodes.guards.llama_guard.formats import GuardFormat
 from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt, LlamaGuard
 
+Answer = Callable[[str], str] | str
+"""What a scripted Llama Guard model writes: a fixed text, or a function of the rendered prompt."""
+
+Log = list[tuple[str, float, str]]
+"""Timed events shared by SlowGuard and ScriptedChatModel: (event, time.perf_counter(), detail)."""
+
 
 class ScriptedBackend:
     """A completion backend that replies with ``answer(prompt_text)``, recording every prompt it saw."""
 
     name = "scripted"
 
-    def __init__(self, answer: Callable[[str], str] | str = "safe") -> None:
+    def __init__(self, answer: Answer = "safe") -> None:
         self.answer = answer if callable(answer) else (lambda _prompt, text=answer: text)
         self.prompts: list[str] = []
 
@@ -32,7 +39,7 @@ class ScriptedBackend:
         return [Completion(self.answer(p.text)) for p in prompts]
 
 
-def scripted_llama_guard(answer: Callable[[str], str] | str = "safe", fmt: str = "llama-guard-3") -> LlamaGuard:
+def scripted_llama_guard(answer: Answer = "safe", fmt: str = "llama-guard-3") -> LlamaGuard:
     """A Llama Guard whose model output is scripted; the prompts go through the real renderer and parser."""
     return LlamaGuard(ScriptedBackend(answer), fmt)
 
@@ -49,19 +56,51 @@ def keyword_answer(*unsafe_words: str, codes: str = "S1") -> Callable[[str], str
 
 
 class RaisingGuard(BaseGuard):
+    """A guard whose every check raises a fresh copy of ``error`` (by default: the guard server is down)."""
+
     name = "raising"
 
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error if error is not None else ConnectionError("guard server unreachable")
+
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-        raise ConnectionError("guard server unreachable")
+        raise copy.copy(self.error)
+
+
+class SlowGuard(BaseGuard):
+    """A slow guard server: sleeps ``delay_s`` before each check, then answers as ``guard`` does.
+
+    ``guard`` is any guard, or an ``Answer`` for a ``scripted_llama_guard``. Every check appends
+    ``("guard-start", time, checked text)`` and ``("guard-end", time, outcome)`` to ``log``, so a test
+    can order the check against other work (a ``ScriptedChatModel`` sharing the same log).
+    """
+
+    def __init__(self, guard: Guard | Answer = "safe", delay_s: float = 0.0, log: Log | None = None) -> None:
+        self.guard: Guard = scripted_llama_guard(guard) if isinstance(guard, str) or callable(guard) else guard
+        self.delay_s = delay_s
+        self.log: Log = log if log is not None else []
+        self.name = self.guard.name
+
+    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        self.log.append(("guard-start", time.perf_counter(), requests[0].checked_text))
+        time.sleep(self.delay_s)
+        verdicts = self.guard.check_batch(requests)
+        self.log.append(("guard-end", time.perf_counter(), verdicts[0].outcome.value))
+        return verdicts
 
 
 class ScriptedChatModel(BaseChatModel):
-    """Streams the next scripted reply piece by piece, logging what happened; ``fail`` raises instead."""
+    """Answers with the next scripted reply, streamed piece by piece, logging what happened.
+
+    Each reply is a list of pieces, ``delay_s`` apart when streamed. While ``fail`` is set every call
+    raises a fresh copy of ``error`` instead (by default: the model server crashed).
+    """
 
     replies: list[list[str]]
     delay_s: float = 0.0
     fail: bool = False
-    log: list[tuple[str, float, str]] = Field(default_factory=list)  # (event, time, detail)
+    error: Exception = Field(default_factory=lambda: RuntimeError("model server crashed"))
+    log: Log = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -69,7 +108,7 @@ class ScriptedChatModel(BaseChatModel):
 
     def _next_reply(self) -> list[str]:
         if self.fail:
-            raise RuntimeError("model server crashed")
+            raise copy.copy(self.error)
         return self.replies.pop(0)
 
     def _generate(
@@ -91,16 +130,6 @@ class ScriptedChatModel(BaseChatModel):
             self.log.append(("stop", time.perf_counter(), ""))
 
 
-class SlowGuard(BaseGuard):
-    """Wraps a guard and sleeps before each check (to show work overlapping it)."""
-
-    def __init__(self, guard: Guard, delay_s: float, log: list[tuple[str, float, str]] | None = None) -> None:
-        self.guard, self.delay_s, self.log = guard, delay_s, log if log is not None else []
-        self.name = guard.name
-
-    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-        self.log.append(("guard-start", time.perf_counter(), requests[0].checked_text))
-        time.sleep(self.delay_s)
-        verdicts = self.guard.check_batch(requests)
-        self.log.append(("guard-end", time.perf_counter(), verdicts[0].outcome.value))
-        return verdicts
+def unreachable_chat_model() -> ScriptedChatModel:
+    """A ScriptedChatModel whose every call raises ``ConnectionError("chat server unreachable")``."""
+    return ScriptedChatModel(replies=[], fail=True, error=ConnectionError("chat server unreachable"))

@@ -1,0 +1,68 @@
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder and a guarded-graph builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langgraph.checkpoint.memory import InMemorySaver
+
+from guardgraph.graph.builder import GuardedChatDeps, build_graph
+from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.guards.base import Guard
+from guardgraph.policies import Policy, load_policy
+from tests.fakes import scripted_llama_guard
+
+GraphBuilder = Callable[..., Any]
+RequestBuilder = Callable[..., GuardRequest]
+
+
+@pytest.fixture(scope="session")
+def llama_guard_3_policy() -> Policy:
+    """The bundled ``llama-guard-3`` policy (policies are immutable: one per session)."""
+    return load_policy("llama-guard-3")
+
+
+@pytest.fixture(scope="session")
+def seed_custom_policy() -> Policy:
+    """The bundled ``seed-custom`` policy: Llama Guard 1's O1-O6 plus the example-defined O7 and O8."""
+    return load_policy("seed-custom")
+
+
+@pytest.fixture
+def user_request(llama_guard_3_policy: Policy) -> RequestBuilder:
+    """Builds a one-turn User request for ``text``, under the Llama Guard 3 policy unless ``policy`` is given."""
+
+    def make(text: str = "How do I make a cake?", policy: Policy | None = None) -> GuardRequest:
+        return GuardRequest("User", (Turn("user", text),), llama_guard_3_policy if policy is None else policy)
+
+    return make
+
+
+@pytest.fixture
+def make_guarded_graph(llama_guard_3_policy: Policy) -> GraphBuilder:
+    """Builds the guarded chat graph around ``chat_model`` under the Llama Guard 3 policy.
+
+    The guards default to scripted Llama Guards that answer ``safe`` and the checkpointer to a fresh
+    ``InMemorySaver``; other keyword arguments (settings, ``speculate``, ...) go to ``GuardedChatDeps``.
+    """
+
+    def make(
+        chat_model: BaseChatModel,
+        input_guard: Guard | None = None,
+        output_guard: Guard | None = None,
+        checkpointer: Any = None,
+        **deps: Any,
+    ) -> Any:
+        guarded = GuardedChatDeps(
+            chat_model=chat_model,
+            input_guard=input_guard or scripted_llama_guard(),
+            output_guard=output_guard or scripted_llama_guard(),
+            policy=llama_guard_3_policy,
+            **deps,
+        )
+        return build_graph(guarded, checkpointer or InMemorySaver())
+
+    return make
