@@ -1,8 +1,8 @@
 """Long input: check a message longer than the guard's window in overlapping windows.
 
 Nothing is truncated unchecked. The checked (last) message is cut into windows of at most
-``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall on whitespace where there is
-some nearby, so words stay whole); each window is checked as the last turn, after the earlier turns as
+``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall at sentence ends, else on
+whitespace, so sentences and words stay whole); each window is checked as the last turn, after the earlier turns as
 context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
 inner guard in ONE ``check_batch``. The message's verdict is the worst window's: unsafe if any window is
 unsafe (categories merged, max score), else error/unparseable if any window is, else safe.
@@ -20,6 +20,7 @@ from typing import Any
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.guards.sentences import sentence_breaks
 
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
 LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions
@@ -32,9 +33,10 @@ _SEVERITY = {Outcome.UNSAFE: 4, Outcome.ERROR: 3, Outcome.UNPARSEABLE: 2, Outcom
 def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]:
     """Overlapping windows covering every character of ``text``; one window when it fits.
 
-    Each window ends on whitespace when there is some in its last quarter, and the next window starts
-    ``overlap_chars`` before that end (moved forward to a word start), so a sentence cut at one edge is
-    whole in the other window when it is shorter than the overlap.
+    Each window ends at the last sentence end in its second half (:mod:`guardgraph.nodes.guards.sentences`),
+    else on whitespace in its last quarter; the next window starts ``overlap_chars`` before that end, moved
+    forward to a sentence start, else to a word start. So a sentence is cut only where no sentence ends in half a
+    window, and the overlap gives each window some of the text before it.
     """
     if window_chars <= 0:
         raise ValueError("window_chars must be positive")
@@ -46,14 +48,35 @@ def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]
     while True:
         end = min(start + window_chars, len(text))
         if end < len(text):
-            cut = _last_space(text, start + window_chars * 3 // 4, end)
+            cut = _last_sentence_end(text, start + window_chars // 2, end)
+            if cut is None:
+                cut = _last_space(text, start + window_chars * 3 // 4, end)
             end = cut if cut is not None else end
         windows.append(text[start:end])
         if end >= len(text):
             return windows
         next_start = max(end - overlap_chars, start + 1)
-        space = _first_space(text, next_start, min(end, next_start + overlap_chars // 4 + 1))
-        start = space + 1 if space is not None and space + 1 < end else next_start
+        begin = _first_sentence_start(text, next_start, end)
+        if begin is None:
+            space = _first_space(text, next_start, min(end, next_start + overlap_chars // 4 + 1))
+            begin = space + 1 if space is not None and space + 1 < end else next_start
+        start = begin
+
+
+def _last_sentence_end(text: str, low: int, high: int) -> int | None:
+    """The last sentence end in ``(low, high]`` (the break's whitespace starts there)."""
+    ends = [end for end, _ in sentence_breaks(text, low + 1, high + 1)]
+    return ends[-1] if ends else None
+
+
+def _first_sentence_start(text: str, low: int, high: int) -> int | None:
+    """The first sentence start in ``[low, high)``."""
+    for _, begin in sentence_breaks(text, max(0, low - 1), high):
+        if low <= begin < high:
+            return begin
+        if begin >= high:
+            return None
+    return None
 
 
 def _last_space(text: str, low: int, high: int) -> int | None:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
-from guardgraph.nodes.guards.offline.network import HAZARDS, GuardNet, encode_pair, load_base, pad_batch
+from guardgraph.nodes.guards.offline.network import HAZARDS, GuardNet, encode_pair, load_base, load_trained, pad_batch
 from guardgraph.nodes.guards.offline.precision import guard_dtype
+from guardgraph.nodes.guards.sentences import split_sentences
 from guardgraph.policies.model import Category, Policy
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifact"
@@ -93,11 +93,7 @@ class OfflineGuard(BaseGuard):
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
         self.net = GuardNet(base, split=int(self.config["split"]))
-        state = load_file(str(self.artifact_dir / "weights.safetensors"))
-        self.generic_benign = state.pop("generic_benign_embeddings").float().numpy()
-        missing = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        if missing.unexpected_keys or any(k.startswith(("top.", "head.")) for k in missing.missing_keys):
-            raise RuntimeError(f"offline guard artifact does not match the network: {missing}")
+        self.generic_benign = load_trained(self.net, self.artifact_dir)["generic_benign_embeddings"].float().numpy()
         self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))
         self.thresholds = {k: float(v) for k, v in self.config["unsafe_logit_threshold"].items()}
@@ -167,10 +163,45 @@ class OfflineGuard(BaseGuard):
         need_emb = [bool(self._example_categories(r.policy)) for r in requests]
         user_emb_needed = any(need and r.role == "User" for need, r in zip(need_emb, requests, strict=True))
         logits, embs = self._forward(encoded, True, user_emb_needed)
+        logits, parts = self._sentence_evidence(requests, logits)
         agent_idx = [i for i, r in enumerate(requests) if need_emb[i] and r.role == "Agent"]
         if agent_idx:  # the reply alone is what an example-defined category is judged on
             embs[agent_idx] = self.embed([pairs[i][1] or "" for i in agent_idx])
-        return [self._verdict(r, logits[i], embs[i] if need_emb[i] else None) for i, r in enumerate(requests)]
+        verdicts = [self._verdict(r, logits[i], embs[i] if need_emb[i] else None) for i, r in enumerate(requests)]
+        return [
+            v if part is None else v.with_updates(metadata={**v.metadata, "sentence": part})
+            for v, part in zip(verdicts, parts, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ sentence evidence
+    def _sentence_evidence(
+        self, requests: Sequence[GuardRequest], logits: np.ndarray
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """The logits of each request's most harmful sentence where they say more than the whole text's."""
+        sentences = [_parts(r.checked_text) for r in requests]
+        unique = list(dict.fromkeys(s for found in sentences for s in found))
+        parts: list[str | None] = [None] * len(requests)
+        if not unique:
+            return logits, parts
+        margins, hazards = self._sentence_scores(unique)
+        index = {s: i for i, s in enumerate(unique)}
+        out = logits.copy()
+        for k, (request, found) in enumerate(zip(requests, sentences, strict=True)):
+            if not found:
+                continue
+            best = max(found, key=lambda s: margins[index[s]])
+            margin = margins[index[best]]
+            threshold = self.thresholds[request.role]
+            if margin > logits[k, 0] - threshold:
+                out[k, 0] = margin + threshold
+                out[k, 1:] = hazards[index[best]]
+                if margin >= 0:
+                    parts[k] = best
+        return out, parts
+
+    def _sentence_scores(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        logits, _ = self._forward([encode_pair(self.tokenizer, s, None, self.max_len) for s in sentences], True, False)
+        return logits[:, 0] - self.thresholds["User"], logits[:, 1:]
 
     def _verdict(self, request: GuardRequest, logit: np.ndarray, emb: np.ndarray | None) -> Verdict:
         policy = request.policy
@@ -218,6 +249,11 @@ class OfflineGuard(BaseGuard):
                 **({"example_categories": category_scores} if category_scores else {}),
             },
         )
+
+
+def _parts(text: str) -> list[str]:
+    sentences = [s for s in split_sentences(text) if any(c.isalpha() for c in s)]
+    return sentences if len(sentences) > 1 else []
 
 
 @functools.lru_cache(maxsize=1)
