@@ -2,10 +2,11 @@
 
 Nothing is truncated unchecked. The checked (last) message is cut into windows of at most
 ``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall at sentence ends, else on
-whitespace, so sentences and words stay whole); each window is checked as the last turn, after the earlier turns as
-context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
-inner guard in ONE ``check_batch``. The message's verdict is the worst window's: unsafe if any window is
-unsafe (categories merged, max score), else error/unparseable if any window is, else safe.
+whitespace, so sentences and words stay whole); each window is checked as the last turn, after the earlier
+turns as context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
+inner guard in ONE ``check_batch``, each distinct window once. The message's verdict is the worst window's:
+unsafe if any window is unsafe (categories merged, max score), else error/unparseable if any window is, else
+safe.
 
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
@@ -165,7 +166,7 @@ class WindowedGuard:
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         plans = [self.windows_of(request) for request in requests]
         flat = [window for plan in plans for window in plan]
-        verdicts = self.inner.check_batch(flat) if flat else []
+        verdicts = check_distinct(self.inner, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
         results: list[Verdict] = []
@@ -202,6 +203,29 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
         latency_ms=sum(v.latency_ms for v in verdicts),
         metadata={**worst.metadata, "windows": len(verdicts), "flagged_windows": flagged},
     )
+
+
+def check_distinct(guard: Guard, requests: Sequence[GuardRequest]) -> list[Verdict]:
+    """``guard.check_batch(requests)``, each distinct request checked once: repeated text (a pasted paragraph,
+    a padded message) yields the same windows many times. A repeat's verdict costs no latency of its own."""
+    first: dict[tuple[object, ...], int] = {}
+    distinct: list[GuardRequest] = []
+    slots: list[int] = []
+    for request in requests:
+        key = (request.role, request.turns, id(request.policy))
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(request)
+        slots.append(first[key])
+    verdicts = guard.check_batch(distinct) if distinct else []
+    if len(verdicts) != len(distinct):
+        return verdicts  # the caller reports the mismatch
+    seen: set[int] = set()
+    out: list[Verdict] = []
+    for slot in slots:
+        out.append(verdicts[slot] if slot not in seen else verdicts[slot].with_updates(latency_ms=0.0))
+        seen.add(slot)
+    return out
 
 
 def windowed(guard: Guard, **sizes: int | None) -> Guard:

@@ -86,7 +86,13 @@ class OfflineGuard(BaseGuard):
     max_input_chars = 320
     window_overlap_chars = 80
 
-    def __init__(self, artifact_dir: Path | None = None, device: str = "cpu", dtype: str = "auto"):
+    def __init__(
+        self,
+        artifact_dir: Path | None = None,
+        device: str = "cpu",
+        dtype: str = "auto",
+        sentence_evidence: bool | None = None,
+    ):
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else DEFAULT_ARTIFACT
         self.device = device
         self.dtype = guard_dtype(device, dtype)
@@ -98,6 +104,11 @@ class OfflineGuard(BaseGuard):
         self.max_len = int(self.config.get("max_len", 128))
         self.thresholds = {k: float(v) for k, v in self.config["unsafe_logit_threshold"].items()}
         self.hazard_threshold = float(self.config.get("hazard_threshold", 0.5))
+        # Whether each sentence of a longer text is also read alone (see _sentence_evidence); the artifact says
+        # whether its model was trained to judge single sentences.
+        self.sentence_evidence = (
+            bool(self.config.get("sentence_evidence", False)) if sentence_evidence is None else sentence_evidence
+        )
         self._classifiers: dict[tuple, ExampleClassifier] = {}
         self._lock = threading.Lock()
 
@@ -176,32 +187,38 @@ class OfflineGuard(BaseGuard):
     # ------------------------------------------------------------------ sentence evidence
     def _sentence_evidence(
         self, requests: Sequence[GuardRequest], logits: np.ndarray
-    ) -> tuple[np.ndarray, list[str | None]]:
-        """The logits of each request's most harmful sentence where they say more than the whole text's."""
-        sentences = [_parts(r.checked_text) for r in requests]
-        unique = list(dict.fromkeys(s for found in sentences for s in found))
-        parts: list[str | None] = [None] * len(requests)
-        if not unique:
+    ) -> tuple[np.ndarray, list[int | None]]:
+        """Each request's logits, replaced by those of its most harmful sentence read alone where that sentence
+        is judged more harmful than the whole text; and that sentence's index where it is judged unsafe.
+
+        The encoder mean-pools its input, so one harmful sentence among harmless ones is diluted; read alone
+        (a User check of just that sentence, whatever the role) it is not. Each distinct sentence of the batch is
+        encoded once, so windows that overlap, or repeat, share their sentences.
+        """
+        parts: list[int | None] = [None] * len(requests)
+        if not self.sentence_evidence:
             return logits, parts
-        margins, hazards = self._sentence_scores(unique)
-        index = {s: i for i, s in enumerate(unique)}
+        sentences = [_sentences(r.checked_text) for r in requests]
+        distinct = list(dict.fromkeys(s for found in sentences for s in found))
+        if not distinct:
+            return logits, parts
+        encoded = [encode_pair(self.tokenizer, s, None, self.max_len) for s in distinct]
+        sentence_logits = self._forward(encoded, True, False)[0]
+        margins = sentence_logits[:, 0] - self.thresholds["User"]
+        index = {s: i for i, s in enumerate(distinct)}
         out = logits.copy()
         for k, (request, found) in enumerate(zip(requests, sentences, strict=True)):
             if not found:
                 continue
-            best = max(found, key=lambda s: margins[index[s]])
-            margin = margins[index[best]]
+            best = max(range(len(found)), key=lambda j: margins[index[found[j]]])
+            row = index[found[best]]
             threshold = self.thresholds[request.role]
-            if margin > logits[k, 0] - threshold:
-                out[k, 0] = margin + threshold
-                out[k, 1:] = hazards[index[best]]
-                if margin >= 0:
+            if margins[row] > logits[k, 0] - threshold:
+                out[k] = sentence_logits[row]
+                out[k, 0] = margins[row] + threshold  # the same distance from this role's threshold
+                if margins[row] >= 0:
                     parts[k] = best
         return out, parts
-
-    def _sentence_scores(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        logits, _ = self._forward([encode_pair(self.tokenizer, s, None, self.max_len) for s in sentences], True, False)
-        return logits[:, 0] - self.thresholds["User"], logits[:, 1:]
 
     def _verdict(self, request: GuardRequest, logit: np.ndarray, emb: np.ndarray | None) -> Verdict:
         policy = request.policy
@@ -251,7 +268,8 @@ class OfflineGuard(BaseGuard):
         )
 
 
-def _parts(text: str) -> list[str]:
+def _sentences(text: str) -> list[str]:
+    """The sentences of ``text`` with a letter in them; none when there is only one (the text says it all)."""
     sentences = [s for s in split_sentences(text) if any(c.isalpha() for c in s)]
     return sentences if len(sentences) > 1 else []
 
