@@ -197,6 +197,38 @@ def heldout_report(held: list[Example], held_logits: np.ndarray, thresholds: dic
     return report
 
 
+def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dict:
+    """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
+    artifact's guard behind the windowed guard, under ``llama-guard-3``, with and without sentence evidence."""
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.windowed import windowed
+    from guardgraph.policies.loader import load_policy
+
+    policy = load_policy("llama-guard-3")
+    rows = [e for e in held if not e.source.startswith(NEW_ROW_SOURCES)]
+    requests = [
+        GuardRequest("User", (Turn("user", e.prompt),), policy)
+        if e.response is None
+        else GuardRequest("Agent", (Turn("user", e.prompt), Turn("assistant", e.response)), policy)
+        for e in rows
+        if (e.response or e.prompt).strip()
+    ]
+    labels = np.array([e.label for e in rows if (e.response or e.prompt).strip()])
+    agent = np.array([r.role == "Agent" for r in requests])
+    report: dict = {}
+    for name, evidence in (("windows", False), ("windows and sentences", True)):
+        guard = windowed(OfflineGuard(artifact_dir, device=device, sentence_evidence=evidence))
+        blocked = np.array(
+            [v.blocks for start in range(0, len(requests), 32) for v in guard.check_batch(requests[start : start + 32])]
+        )
+        report[name] = {
+            role: metrics(labels[mask], blocked[mask].astype(float), 0.5)
+            for role, mask in (("User", ~agent), ("Agent", agent))
+        }
+    return report
+
+
 def build_examples(
     datasets: Path,
     replies_path: Path,
@@ -331,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.evaluate is not None:
         shipped = json.loads((args.evaluate / "config.json").read_text())["unsafe_logit_threshold"]
         report = heldout_report(held, predict(net, precompute_lower(net, enc_held, args.device)), shipped)
+        report["deployed"] = deployed_report(held, args.evaluate, args.device)
         print(json.dumps(report, indent=1), flush=True)
         return
     if args.cache is not None and args.cache.is_file():
