@@ -1,8 +1,12 @@
-"""Fixtures shared by the test files: the bundled policies, a one-turn request builder and a guarded-graph builder."""
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder and
+a scripted OpenAI-compatible server on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +17,7 @@ from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
-from tests.fakes import scripted_llama_guard
+from tests.fakes import FakeOpenAIServer, scripted_llama_guard
 
 GraphBuilder = Callable[..., Any]
 RequestBuilder = Callable[..., GuardRequest]
@@ -66,3 +70,21 @@ def make_guarded_graph(llama_guard_3_policy: Policy) -> GraphBuilder:
         return build_graph(guarded, checkpointer or InMemorySaver())
 
     return make
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """A scripted guard and chat server on loopback (``tests.fakes.FakeOpenAIServer``), stopped after the test.
+
+    It answers ``safe`` and replies ``Hello there.`` until the test sets ``guard``, ``reply``,
+    ``piece_delay_s`` or ``chat_status``; ``cli_options()`` points the CLI at it.
+    """
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def guardgraph_command() -> list[str]:
+    """The ``guardgraph`` command of this environment, to run the real CLI as a subprocess."""
+    exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]

@@ -120,16 +120,17 @@ def test_unsafe_input_cancels_the_speculative_draft_unseen(make_guarded_graph: C
     assert sum(e == "piece" for e, _, _ in log) < 200  # ...long before it finished
 
 
-def test_chat_model_error_ends_the_turn_and_keeps_the_conversation(make_guarded_graph: Callable[..., Any]) -> None:
+def test_chat_model_error_ends_the_turn_and_leaves_the_thread_as_before(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[["Fine."], ["Back again."]], fail=True)
     graph = make_guarded_graph(model)
     _, final = stream_turn(graph, "Hello")
     assert "model server crashed" in final["error"]
-    assert [m.type for m in final["messages"]] == ["human"]
+    assert final["messages"] == []  # the failed turn's user message is gone with it
     model.fail = False
     _, final = stream_turn(graph, "Hello again")
-    assert [m.content for m in final["messages"]][-1] == "Fine."
+    assert [(m.type, m.content) for m in final["messages"]] == [("human", "Hello again"), ("ai", "Fine.")]
     assert final.get("error") is None
+    assert [m.content for m in model.prompts[-1]] == ["Hello again"]
 
 
 def test_invoke_without_streaming_checks_once(make_guarded_graph: Callable[..., Any]) -> None:

@@ -82,7 +82,7 @@ def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thre
             raise TypeError(f"the guard returned {type(verdict).__name__}, not a Verdict")
     except Exception as error:  # a guard that breaks must never let content through silently
         elapsed = (time.perf_counter() - started) * 1000
-        verdict = undecided_verdict(request.role, name, f"{type(error).__name__}: {error}", latency_ms=elapsed)
+        verdict = undecided_verdict(request.role, name, error_reason(error), latency_ms=elapsed)
     else:
         if not verdict.latency_ms:
             verdict = verdict.with_updates(latency_ms=(time.perf_counter() - started) * 1000)
@@ -90,6 +90,28 @@ def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thre
     if settings.audit is not None:
         settings.audit.record(verdict, request=request, thread_id=thread_id, guard=guard)
     return verdict
+
+
+def error_reason(error: BaseException) -> str:
+    """``Type: message`` of ``error``, followed by its root cause when there is one underneath (a client's
+    "Connection error." says little; the refused connection under it says what an operator must fix)."""
+    root, seen = error, {id(error)}
+    while (below := root.__cause__ or root.__context__) is not None and id(below) not in seen:
+        root = below
+        seen.add(id(root))
+    cause = f" ({_headline(root)})" if root is not error and first_line(root) else ""
+    return _headline(error) + cause
+
+
+def _headline(error: BaseException) -> str:
+    line = first_line(error)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def call_with_timeout(func: Callable[[], Verdict], timeout_s: float | None) -> Verdict:

@@ -1,4 +1,4 @@
 """The Guard protocol and its implementations: Llama Guard over any completion backend (``llama_guard``), the
-offline guard (``offline``), and wrappers for any guard: ``windowed`` (long text), ``recent`` (memo),
+offline guard (``offline``), and wrappers for any guard: ``windowed`` (long text) and
 ``batching`` (concurrent checks share a batch).
 """
