@@ -6,9 +6,11 @@ default. What may vary per run is the graph's ``Context`` (``guardgraph.nodes.co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardgraph.nodes import defaults
 from guardgraph.nodes.guards.llama_guard.formats import get_format
@@ -44,9 +46,16 @@ class GuardGraphConfig(BaseModel):
     # Concurrent checks (a server's parallel runs) wait up to this long to share one batched guard call.
     guard_batch_window_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     max_new_tokens: int = Field(default=defaults.MAX_NEW_TOKENS, ge=1)
-    db: Path | None = None
+    # None: memory; a SQLite file's path; or postgresql://user@host:port/dbname (graph/models/checkpointers.py)
+    db: str | None = None
     audit: Path | None = None
     audit_content: bool = False
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_text(cls, value: Any) -> Any:
+        """A path object is taken as its text: ``db`` is a file path or a URL."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def load_policy(self) -> Policy:
         return load_policy(self.policy)
