@@ -1,8 +1,10 @@
-"""Fixtures shared by the test files: the bundled policies, a one-turn request builder and a guarded-graph builder."""
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder,
+and a throwaway PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
 from tests.fakes import scripted_llama_guard
+from tests.postgres import PostgresServer, PostgresUnavailable
 
 GraphBuilder = Callable[..., Any]
 RequestBuilder = Callable[..., GuardRequest]
@@ -66,3 +69,26 @@ def make_guarded_graph(llama_guard_3_policy: Policy) -> GraphBuilder:
         return build_graph(guarded, checkpointer or InMemorySaver())
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py), stopped and removed at its end.
+
+    Without the binaries the Postgres tests are skipped, naming what to install; in CI (``CI`` set, as
+    ``.ci/run`` does, which also installs them) they fail instead.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server: ``postgresql://postgres@127.0.0.1:PORT/NAME``."""
+    return postgres_server.create_database()
