@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from langchain_core.messages import HumanMessage
 from typer.testing import CliRunner
 
 import guardgraph.graph.cli.app as cli_app
+from guardgraph.graph.builder import build_graph
 from guardgraph.graph.models.checkpointers import DatabaseError, PostgresURL, open_persistence, parse_db
 from guardgraph.graph.server import FACTORY_ENV, build_server_graph
 from guardgraph.nodes.context import Context
 from tests.postgres import PostgresServer, free_port
-from tests.serving import DELAY_ENV
+from tests.serving import DELAY_ENV, EchoChatModel, make_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = {FACTORY_ENV: "tests.serving:make_deps"}
@@ -158,3 +160,20 @@ def test_database_restarted_between_turns(postgres_server: PostgresServer, postg
         ("human", "four"),
         ("ai", "You said: four"),
     ]
+
+
+def test_database_restarted_during_a_turn_is_never_silent(postgres_server: PostgresServer, postgres_url: str) -> None:
+    """The restart ends the session holding the thread's lock: the turn may finish on new connections, but it is
+    reported failed, naming the lost lock, because another turn could have run on the thread meanwhile."""
+    deps = make_deps()
+    deps.chat_model = EchoChatModel(delay_s=1.5)
+    with open_persistence(postgres_url, timeout_s=5) as store:
+        graph = build_graph(deps, store.checkpointer)
+        restart = threading.Timer(0.5, postgres_server.restart)
+        restart.start()
+        with pytest.raises(DatabaseError, match="lock was lost during the turn"), store.turn("m"):
+            graph.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "m"}})
+        restart.join()
+        with store.turn("m"):  # the thread stays usable
+            graph.invoke({"messages": [HumanMessage("again")]}, {"configurable": {"thread_id": "m"}})
+    assert history(postgres_url, "m")[-2:] == [("human", "again"), ("ai", "You said: again")]

@@ -13,7 +13,8 @@ puts overlapping turns one after another. Each store has the lock its database c
   a killed worker's included.
 
 A lock not obtained within ``wait_s`` raises :class:`ThreadBusyError`: the second turn is refused,
-never run on a stale checkpoint.
+never run on a stale checkpoint. A Postgres lock whose session ends during the turn (the server restarted)
+fails the turn when it ends: for a while nothing kept other turns off the thread.
 """
 
 from __future__ import annotations
@@ -199,6 +200,20 @@ def async_lock_session_setup(wait_s: float) -> Callable[[AsyncConnection[Any]], 
     return configure
 
 
+def lost_lock(thread_id: str, error: Exception) -> Exception:
+    """The error of a turn whose lock session ended under it (a database restart, a dropped connection).
+
+    The turn's own writes may have gone through on fresh connections, but for a while nothing kept other
+    turns off the thread: the turn is reported failed rather than silently trusted.
+    """
+    from psycopg import OperationalError
+
+    return OperationalError(
+        f"the session holding thread {thread_id!r}'s lock was lost during the turn, so another turn may have run "
+        f"on the thread meanwhile ({str(error).strip().splitlines()[0] if str(error).strip() else 'connection lost'})"
+    )
+
+
 class PostgresLocks:
     """Postgres advisory locks, one pooled session per turn in progress (sync graphs)."""
 
@@ -218,9 +233,14 @@ class PostgresLocks:
                 raise ThreadBusyError(thread_id, self.wait_s) from None
             try:
                 yield
-            finally:
+            except BaseException:
                 with contextlib.suppress(OperationalError):  # a lost session has released its locks already
                     conn.execute(UNLOCK_SQL, (thread_id,))
+                raise
+            try:
+                conn.execute(UNLOCK_SQL, (thread_id,))
+            except OperationalError as error:
+                raise lost_lock(thread_id, error) from error
 
 
 class AsyncPostgresLocks:
@@ -242,6 +262,11 @@ class AsyncPostgresLocks:
                 raise ThreadBusyError(thread_id, self.wait_s) from None
             try:
                 yield
-            finally:
+            except BaseException:
                 with contextlib.suppress(OperationalError):
                     await conn.execute(UNLOCK_SQL, (thread_id,))
+                raise
+            try:
+                await conn.execute(UNLOCK_SQL, (thread_id,))
+            except OperationalError as error:
+                raise lost_lock(thread_id, error) from error
