@@ -19,6 +19,7 @@ fails the turn when it ends: for a while nothing kept other turns off the thread
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import errno
@@ -97,21 +98,24 @@ async def apoll(attempt: Callable[[], Awaitable[T | None]], wait_s: float) -> T 
     return result
 
 
-class PolledLocks:
+class PolledLocks(abc.ABC):
     """Locks taken by trying again until ``wait_s`` has passed; ``hold`` for threads, ``ahold`` for tasks."""
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
 
+    @abc.abstractmethod
     def try_lock(self, thread_id: str) -> Release | None:
         """Take the lock now and return its release, or None when another turn holds it."""
-        raise NotImplementedError
+
+    def _taken(self, release: Release | None, thread_id: str) -> Release:
+        if release is None:
+            raise ThreadBusyError(thread_id, self.wait_s)
+        return release
 
     @contextlib.contextmanager
     def hold(self, thread_id: str) -> Iterator[None]:
-        release = poll(lambda: self.try_lock(thread_id), self.wait_s)
-        if release is None:
-            raise ThreadBusyError(thread_id, self.wait_s)
+        release = self._taken(poll(lambda: self.try_lock(thread_id), self.wait_s), thread_id)
         try:
             yield
         finally:
@@ -122,9 +126,7 @@ class PolledLocks:
         async def attempt() -> Release | None:
             return self.try_lock(thread_id)
 
-        release = await apoll(attempt, self.wait_s)
-        if release is None:
-            raise ThreadBusyError(thread_id, self.wait_s)
+        release = self._taken(await apoll(attempt, self.wait_s), thread_id)
         try:
             yield
         finally:
