@@ -6,7 +6,9 @@ default. What may vary per run is the graph's ``Context`` (``guardgraph.nodes.co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,7 +57,8 @@ class GuardGraphConfig(BaseModel):
     # Concurrent checks (a server's parallel runs) wait up to this long to share one batched guard call.
     guard_batch_window_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     max_new_tokens: int = Field(default=defaults.MAX_NEW_TOKENS, ge=1)
-    db: Path | None = None
+    # None: memory; a SQLite file's path; or postgresql://user@host:port/dbname (graph/models/checkpointers.py)
+    db: str | None = None
     audit: Path | None = None
     audit_content: bool = False
 
@@ -68,7 +71,22 @@ class GuardGraphConfig(BaseModel):
                 raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value
 
-    @field_validator("db", "audit")
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_text(cls, value: Any) -> Any:
+        """A path object is taken as its text: ``db`` is a file path or a URL."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("db")
+    @classmethod
+    def _db_file(cls, value: str | None) -> str | None:
+        """A SQLite file must be a file guardgraph can create; a URL is checked when it is opened."""
+        problem = None if value is None or "://" in value else file_path_problem(Path(value).expanduser())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("audit")
     @classmethod
     def _writable_file(cls, value: Path | None) -> Path | None:
         problem = None if value is None else file_path_problem(value)

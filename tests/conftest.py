@@ -1,8 +1,9 @@
-"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder and
-a scripted OpenAI-compatible server on loopback."""
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder,
+a scripted OpenAI-compatible server on loopback, and a throwaway PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
 from tests.fakes import FakeOpenAIServer, scripted_llama_guard
+from tests.postgres import PostgresServer, PostgresUnavailable
 
 GraphBuilder = Callable[..., Any]
 RequestBuilder = Callable[..., GuardRequest]
@@ -88,3 +90,26 @@ def guardgraph_command() -> list[str]:
     """The ``guardgraph`` command of this environment, to run the real CLI as a subprocess."""
     exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py), stopped and removed at its end.
+
+    Without the binaries the Postgres tests are skipped, naming what to install; in CI (``CI`` set, as
+    ``.ci/run`` does, which also installs them) they fail instead.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server: ``postgresql://postgres@127.0.0.1:PORT/NAME``."""
+    return postgres_server.create_database()

@@ -328,7 +328,7 @@ BAD_FORMAT_POLICY = "name: mine\nguard_format: llama-guard-9\ncategories:\n  - c
         ),
         (
             lambda d: ["ask", "hi", "--db", str(d / "conv.json")],
-            "error: {d}/conv.json: cannot keep conversations there",
+            "error: {d}/conv.json: cannot use as a SQLite database",
         ),
         (
             lambda d: ["ask", "hi", "--audit", str(d / "folder")],

@@ -23,6 +23,7 @@ from guardgraph.graph.cli.options import (
     GUARD_OPTIONS,
     TurnError,
     err_console,
+    error_line,
     fail,
     last_message_request,
     loading_models,
@@ -33,9 +34,10 @@ from guardgraph.graph.cli.options import (
 )
 from guardgraph.graph.cli.prepare import prepare_command
 from guardgraph.graph.config import GuardGraphConfig
-from guardgraph.graph.models.checkpointers import build_checkpointer
+from guardgraph.graph.models.checkpointers import DatabaseError, Persistence, open_persistence
 from guardgraph.graph.models.deps import build_deps, guard_settings
 from guardgraph.graph.models.guards import OLLAMA_URL, backend_name, build_guard
+from guardgraph.graph.models.turn_locks import ThreadBusyError
 from guardgraph.graph.turns import run_turn
 from guardgraph.nodes.chat import STOPPED
 from guardgraph.nodes.checks.request import ConversationError
@@ -200,14 +202,16 @@ def ask(
     json_output: JsonOpt = False,
 ) -> None:
     """One guarded turn: prints the reply, or the refusal."""
-    with loading_models(quiet=json_output):
-        graph = build_graph(build_deps(config), build_checkpointer(config.db))
-    try:
-        state = _turn(graph, text, thread)
-    except TurnError as error:
-        if str(error) == STOPPED:
-            fail(str(error), code=STOPPED_EXIT)
-        raise
+    with open_persistence(config.db) as store:  # an unusable database fails here, before any model loads
+        with loading_models(quiet=json_output):
+            graph = build_graph(build_deps(config), store.checkpointer)
+        try:
+            with store.turn(thread):  # turns on one thread, from any process, run one after another
+                state = _turn(graph, text, thread)
+        except TurnError as error:
+            if str(error) == STOPPED:
+                fail(str(error), code=STOPPED_EXIT)
+            raise
     reply = str(state["messages"][-1].content)
     if json_output:
         write_json({"reply": reply, "refused": bool(state.get("refused")), "verdicts": state.get("verdicts", [])})
@@ -226,8 +230,13 @@ def chat(
     """Interactive guarded chat (Ctrl-C stops a reply; Ctrl-D or /exit to leave)."""
     if thread == "default" and config.db is None:
         thread = uuid.uuid4().hex
-    with loading_models():
-        graph = build_graph(build_deps(config), build_checkpointer(config.db))
+    with open_persistence(config.db) as store:
+        with loading_models():
+            graph = build_graph(build_deps(config), store.checkpointer)
+        _chat_loop(graph, store, thread, config, verbose)
+
+
+def _chat_loop(graph: Any, store: Persistence, thread: str, config: GuardGraphConfig, verbose: bool) -> None:
     console.print(f"[dim]guardgraph chat · policy {config.policy} · thread {thread} · /exit to leave[/]")
     reported: set[str] = set()  # guard failures are told to the operator once, not every turn
     while True:
@@ -250,9 +259,10 @@ def chat(
         console.print("[bold]bot>[/] ", end="")
         shown: list[str] = []
         try:
-            state = _turn(graph, text, thread, partial(_show_chunk, shown))
-        except (ConversationError, TurnError) as error:
-            console.print(f"{chr(10) if shown else ''}[red]error:[/] {error}", highlight=False)
+            with store.turn(thread):
+                state = _turn(graph, text, thread, partial(_show_chunk, shown))
+        except (ConversationError, TurnError, DatabaseError, ThreadBusyError) as error:
+            console.print(f"{chr(10) if shown else ''}[red]error:[/] {error_line(error)}", highlight=False)
             continue
         if state.get("refused"):
             console.print(f"{chr(10) if shown else ''}[yellow]{state['messages'][-1].content}[/]", highlight=False)

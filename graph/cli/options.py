@@ -22,8 +22,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from guardgraph.graph.config import GuardGraphConfig
-from guardgraph.graph.models.checkpointers import StorageError
+from guardgraph.graph.models.checkpointers import DatabaseError
 from guardgraph.graph.models.guards import GUARD_BACKENDS, ModelSetupError
+from guardgraph.graph.models.turn_locks import ThreadBusyError
 from guardgraph.nodes import defaults
 from guardgraph.nodes.checks.request import (
     ConversationError,
@@ -48,7 +49,8 @@ class TurnError(RuntimeError):
 
 USER_ERRORS = (
     TurnError,
-    StorageError,
+    DatabaseError,
+    ThreadBusyError,
     EvalDataError,
     PolicyError,
     ConversationError,
@@ -80,7 +82,10 @@ CHAT_OPTIONS: dict[str, Any] = {
     "chat_model": Annotated[str | None, typer.Option(help="Chat model hub id or local path.")],
     "chat_endpoint": Annotated[str | None, typer.Option(help="OpenAI-compatible base URL serving the chat model.")],
     "thread": Annotated[str, typer.Option(help="Conversation thread id (persists with --db).")],
-    "db": Annotated[Path | None, typer.Option(help="SQLite file that keeps conversations across runs.")],
+    "db": Annotated[
+        str | None,
+        typer.Option(help="Keeps conversations across runs: a SQLite file, or postgresql://user@host:port/dbname."),
+    ],
     "audit": Annotated[Path | None, typer.Option(help="Append one JSON line per guard decision to this file.")],
     "audit_content": Annotated[
         bool, typer.Option("--audit-content", help="Also write the checked message text to the audit log.")
