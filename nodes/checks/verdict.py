@@ -7,6 +7,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Role = Literal["User", "Agent"]
+# Which part of a guard flagged content: the guard model, the policy's examples (``guards/examples.py``), both.
+FlaggedBy = Literal["guard", "examples", "both"]
 BAD_INPUT = "input_error"  # metadata flag: the content itself could not be checked (no mode lets it through)
 
 
@@ -41,6 +43,7 @@ class Verdict:
     raw: str | None = None
     reason: str | None = None
     enforced: bool = True
+    flagged_by: FlaggedBy | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
