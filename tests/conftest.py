@@ -1,8 +1,9 @@
-"""Fixtures shared by the test files: the bundled policies, a one-turn request builder and a guarded-graph builder."""
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder and
+the stand-in Llama Guard endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
-from tests.fakes import scripted_llama_guard
+from tests.fakes import LoopbackServer, scripted_llama_guard, standin_llama_guard_endpoint
 
 GraphBuilder = Callable[..., Any]
 RequestBuilder = Callable[..., GuardRequest]
@@ -66,3 +67,11 @@ def make_guarded_graph(llama_guard_3_policy: Policy) -> GraphBuilder:
         return build_graph(guarded, checkpointer or InMemorySaver())
 
     return make
+
+
+@pytest.fixture
+def llama_guard_endpoint() -> Iterator[LoopbackServer]:
+    """A stand-in Llama Guard on loopback (``StandInLlamaGuard``: flags blunt harm, says ``safe`` to everything
+    else, with logprobs); pass ``f"{server.url}/v1"`` as the guard endpoint. Stopped after the test."""
+    with standin_llama_guard_endpoint() as server:
+        yield server

@@ -246,9 +246,8 @@ class StandInLlamaGuard:
                     return code
         return categories[0][0]
 
-    def __call__(self, path: str, body: dict[str, Any]) -> tuple[str, bytes]:
-        assert path == "/v1/completions", path
-        prompt = body["prompt"]
+    def complete(self, prompt: str, index: int = 0) -> dict[str, Any]:
+        """One completion choice for ``prompt``, with logprobs."""
         self.prompts.append(prompt)
         text = checked_turn(prompt)
         code = self.category(prompt, text)
@@ -262,19 +261,21 @@ class StandInLlamaGuard:
             tokens = [*lead, *verdict]
             word = {"safe": math.log(1 - p), "unsafe": math.log(p)}
             top = [{t: 0.0} for t in lead] + [word] + [{t: 0.0} for t in verdict[1:]]
-        choice = {
-            "index": 0,
-            "text": "".join(tokens),
-            "finish_reason": "stop",
-            "logprobs": {
-                "tokens": tokens,
-                "token_logprobs": [max(t.values()) for t in top],
-                "top_logprobs": top,
-                "text_offset": [0] * len(tokens),
-            },
+        logprobs = {
+            "tokens": tokens,
+            "token_logprobs": [max(t.values()) for t in top],
+            "top_logprobs": top,
+            "text_offset": [0] * len(tokens),
         }
+        return {"index": index, "text": "".join(tokens), "finish_reason": "stop", "logprobs": logprobs}
+
+    def __call__(self, path: str, body: dict[str, Any]) -> tuple[str, bytes]:
+        assert path == "/v1/completions", path
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         answer = {"id": "cmpl-standin", "object": "text_completion", "created": 0, "model": body["model"]}
-        answer["choices"] = [choice]
+        answer["choices"] = [self.complete(prompt, index) for index, prompt in enumerate(prompts)]
+        written = sum(len(choice["logprobs"]["tokens"]) for choice in answer["choices"])
+        answer["usage"] = {"prompt_tokens": 0, "completion_tokens": written, "total_tokens": written}
         return "application/json", json.dumps(answer).encode()
 
 
