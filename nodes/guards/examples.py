@@ -11,9 +11,10 @@ example-defined category, then merges the two.
   guard's artifact), weighted as :data:`NEGATIVE_WEIGHTS` says. The classifiers are fit at the first check
   under a policy and kept per policy content (:class:`ExampleModels`); the encoder is loaded only when a
   policy has example-defined categories. The checked text (the user's message, or the reply alone) is
-  embedded in windows of at most :data:`WINDOW_CHARS` characters; a category's probability is its
-  highest window's, and the category is flagged when that reaches its threshold
-  (``guardgraph.nodes.guards.thresholds.reaches``).
+  embedded whole, in windows of at most :data:`WINDOW_CHARS` characters when longer, and, when longer than
+  :data:`SENTENCES_FROM_CHARS`, sentence by sentence too (a mean-pooled window dilutes one sentence among
+  others); a category's probability is its highest piece's, and the category is flagged when that reaches
+  its threshold (``guardgraph.nodes.guards.thresholds.reaches``).
 * **The merge**, in one sentence: the message is unsafe when the guard or the examples flag it; its
   categories are both parts' (in policy order), its score the higher of the two parts' scores, and
   ``Verdict.flagged_by`` says which part flagged it (``guard``, ``examples`` or ``both``). The guard's own
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -45,6 +47,8 @@ from guardgraph.policies.model import Category, Policy
 # MiniLM reads at most 128 tokens: about 4 characters a token, with margin (as the offline guard's windows).
 WINDOW_CHARS = 320
 WINDOW_OVERLAP_CHARS = 80
+SENTENCES_FROM_CHARS = 160  # longer texts are also read sentence by sentence
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 ENCODE_BATCH = 16
 # Total weight of each kind of negative against the positives' 1.0 (the counter-examples matter most).
 NEGATIVE_WEIGHTS = {"counter_examples": 0.45, "other_examples": 0.15, "generic_benign": 0.4}
@@ -57,6 +61,15 @@ GUARD_CODES = "guard_codes"  # metadata: the codes the wrapped guard named
 def example_categories(policy: Policy) -> tuple[Category, ...]:
     """The policy's active categories defined by examples."""
     return tuple(c for c in policy.active_categories if c.examples)
+
+
+def pieces(text: str) -> list[str]:
+    """What the classifier reads of ``text``: its windows and, for a longer text, its sentences."""
+    windows = split_windows(text, WINDOW_CHARS, WINDOW_OVERLAP_CHARS)
+    if len(text) <= SENTENCES_FROM_CHARS:
+        return windows
+    sentences = [s.strip() for s in SENTENCE_BREAK.split(text) if s.strip()]
+    return list(dict.fromkeys([*windows, *sentences]))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -201,7 +214,7 @@ class PolicyExamples:
         self.classifiers = dict(classifiers)
 
     def scores(self, embeddings: np.ndarray) -> dict[str, float]:
-        """Each category's probability for a text given as the embeddings of its windows (the highest window's)."""
+        """Each category's probability for a text given as the embeddings of its pieces (the highest piece's)."""
         return {code: float(clf(embeddings).max()) for code, clf in self.classifiers.items()}
 
 
@@ -293,7 +306,7 @@ class ExampleModels:
         results: list[dict[str, float] | None] = [None] * len(requests)
         if not wanted:
             return results
-        windows = {i: split_windows(requests[i].checked_text, WINDOW_CHARS, WINDOW_OVERLAP_CHARS) for i in wanted}
+        windows = {i: pieces(requests[i].checked_text) for i in wanted}
         embeddings = self.embed([w for i in wanted for w in windows[i]])
         position = 0
         for i in wanted:
