@@ -21,6 +21,7 @@ the guard's prompt does not show it either).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,9 +34,11 @@ from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.evaluation.run import ProgressCallback, check_in_batches
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.examples import (
+    EXAMPLE_CODES,
     EXAMPLE_SCORES,
     GUARD_CODES,
     GUARD_OUTCOME,
+    GUARD_REASON,
     ExampleModels,
     shared_models,
     with_examples,
@@ -58,9 +61,10 @@ class ItemResult:
     flagged_by: str | None
     guard_outcome: str
     guard_codes: tuple[str, ...]
+    example_codes: tuple[str, ...]
     example_score: float | None
     threshold: float
-    reason: str | None = None
+    reason: str | None = None  # the guard's, when it could not decide
 
     @property
     def by_guard(self) -> bool:
@@ -69,8 +73,8 @@ class ItemResult:
 
     @property
     def by_examples(self) -> bool:
-        """The example classifier's probability for this item's category reached its threshold."""
-        return self.example_score is not None and self.example_score >= self.threshold
+        """The example classifier flagged this item's category (its probability reached the threshold)."""
+        return self.code in self.example_codes
 
     @property
     def blocked(self) -> bool:
@@ -90,6 +94,7 @@ class ItemResult:
             **asdict(self),
             "codes": list(self.codes),
             "guard_codes": list(self.guard_codes),
+            "example_codes": list(self.example_codes),
             "by_guard": self.by_guard,
             "by_examples": self.by_examples,
             "passed": self.passed,
@@ -226,9 +231,10 @@ def _item(category: Category, kind: ItemKind, text: str, verdict: Verdict, polic
         flagged_by=verdict.flagged_by,
         guard_outcome=verdict.metadata.get(GUARD_OUTCOME, verdict.outcome.value),
         guard_codes=tuple(verdict.metadata.get(GUARD_CODES, verdict.codes)),
+        example_codes=tuple(verdict.metadata.get(EXAMPLE_CODES, ())),
         example_score=scores.get(category.code),
         threshold=policy.threshold_for(category.code),
-        reason=verdict.reason,
+        reason=verdict.metadata.get(GUARD_REASON, verdict.reason),
     )
 
 
@@ -261,12 +267,12 @@ def policy_warnings(policy: Policy) -> list[str]:
                 f"{c.code} ({c.name}): examples but no counter-examples; look-alikes are told apart only by "
                 "the generic benign prompts"
             )
-    places: dict[str, list[str]] = {}
+    places: dict[str, tuple[str, list[str]]] = {}  # the same text up to case and spacing -> (as first written, where)
     for c in policy.categories:
         for kind, texts in (("an example", c.examples), ("a counter-example", c.counter_examples)):
             for text in texts:
-                places.setdefault(" ".join(text.lower().split()), []).append(f"{kind} of {c.code}")
-    for text, where in places.items():
+                places.setdefault(" ".join(text.lower().split()), (text, []))[1].append(f"{kind} of {c.code}")
+    for text, where in places.values():
         if len(where) > 1:
             warnings.append(f'"{text}" is listed {len(where)} times: {", ".join(where)}')
     return warnings
@@ -284,9 +290,10 @@ def inseparable(items: Sequence[ItemResult], models: ExampleModels) -> list[str]
         side: ItemKind = "counter_example" if item.kind == "example" else "example"
         others = [i.text for i in items if i.code == item.code and i.kind == side]
         relation = "below" if item.kind == "example" else "at or above"
+        shown = math.floor((item.example_score or 0.0) * 100) / 100  # 0.4998 is shown 0.49, not 0.50
         line = (
             f'{item.code}: the examples cannot separate the {item.kind.replace("_", "-")} "{item.text}" '
-            f"(probability {item.example_score:.2f}, {relation} the threshold {item.threshold:g})"
+            f"(probability {shown:.2f}, {relation} the threshold {item.threshold:g})"
         )
         if others:
             vectors = models.embed([item.text, *others])

@@ -54,8 +54,10 @@ ENCODE_BATCH = 16
 NEGATIVE_WEIGHTS = {"counter_examples": 0.45, "other_examples": 0.15, "generic_benign": 0.4}
 REGULARIZATION_C = 100.0
 EXAMPLE_SCORES = "example_scores"  # metadata: each example-defined category's probability
+EXAMPLE_CODES = "example_codes"  # metadata: the categories the examples flagged
 GUARD_OUTCOME = "guard_outcome"  # metadata: the wrapped guard's own outcome
 GUARD_CODES = "guard_codes"  # metadata: the codes the wrapped guard named
+GUARD_REASON = "guard_reason"  # metadata: why the wrapped guard did not say safe or unsafe, when it did not
 
 
 def example_categories(policy: Policy) -> tuple[Category, ...]:
@@ -340,8 +342,10 @@ def merge(verdict: Verdict, scores: Mapping[str, float] | None, policy: Policy) 
     metadata = {
         **verdict.metadata,
         EXAMPLE_SCORES: {code: round(p, 4) for code, p in scores.items()},
+        EXAMPLE_CODES: [c.code for c in hits],
         GUARD_OUTCOME: verdict.outcome.value,
         GUARD_CODES: verdict.codes,
+        **({GUARD_REASON: verdict.reason} if verdict.reason else {}),
     }
     known = [p for p in (verdict.score, *scores.values()) if p is not None]
     score = round(max(known), 6) if known else None
