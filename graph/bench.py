@@ -19,6 +19,12 @@ against live in BENCHMARKS.md. Keys:
 - ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
 - ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer
   (median of ``--repeats`` fresh processes, as every other key is a median of ``--repeats`` rounds).
+- ``example_category_check_ms``: what the example classifier adds to a check (policy ``seed-custom``, two
+  example-defined categories): a check through ``ExampleGuard`` minus the same check of its guard alone,
+  medians over distinct user messages (no embedding is reused), the guard answering at once, so nothing
+  hides the classifier's cost. ``example_category_llm_added_ms`` is the same difference with the stand-in
+  Llama Guard as the guard, which the classifier runs beside; ``example_category_encoder_load_s`` and
+  ``example_category_fit_s`` are the one-time costs of a policy's first check.
 """
 
 from __future__ import annotations
@@ -215,6 +221,55 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
     }
 
 
+# --------------------------------------------------------------------------- example-defined categories
+
+
+class InstantBackend:
+    """A completion backend that says ``safe`` (P(unsafe) 0.01) at once: a guard that costs nothing."""
+
+    name = "instant"
+
+    def complete(self, prompts: Any, fmt: Any) -> list[Any]:
+        from guardgraph.nodes.guards.llama_guard.guard import Completion
+
+        return [Completion("safe", 0.01) for _ in prompts]
+
+
+def bench_example_categories(inner: Any | None, checks: int, key: str, checks_key: str) -> dict[str, Any]:
+    """A check through ``ExampleGuard(inner)`` minus a check of ``inner`` alone (the instant guard when None)."""
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.examples import ExampleGuard, ExampleModels
+    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+    from guardgraph.policies.loader import load_policy
+
+    # The stand-in's P(unsafe) is noise: a high threshold keeps it from writing categories (as in the other keys).
+    policy = load_policy("seed-custom").model_copy(update={"threshold": 0.99})
+    guard = inner if inner is not None else LlamaGuard(InstantBackend(), policy.guard_format or STANDIN_FORMAT)
+    models = ExampleModels()
+    combined = ExampleGuard(guard, models)
+    started = time.perf_counter()
+    models.encoder.embed(["warm up"])
+    loaded = time.perf_counter()
+    models.for_policy(policy)
+    fitted = time.perf_counter()
+
+    def request(i: int) -> Any:  # a new text every round: the classifier embeds it afresh
+        return GuardRequest("User", (Turn("user", f"{USER_MESSAGES[i % len(USER_MESSAGES)]} (question {i})"),), policy)
+
+    times = interleaved(
+        {"alone": lambda i: guard.check(request(i)), "examples": lambda i: combined.check(request(i))}, checks
+    )
+    alone_s, with_examples_s = _median(times["alone"]), _median(times["examples"])
+    result = {key: (with_examples_s - alone_s) * 1000, checks_key: checks}
+    if inner is None:
+        result |= {
+            "example_category_guard_alone_ms": alone_s * 1000,
+            "example_category_encoder_load_s": loaded - started,
+            "example_category_fit_s": fitted - loaded,
+        }
+    return result
+
+
 # --------------------------------------------------------------------------- whole turns
 
 
@@ -352,7 +407,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("llm", "batch", "turns", "ttft", "cold")
+SECTIONS = ("llm", "batch", "turns", "ttft", "cold", "examples")
 
 
 def run_bench(
@@ -427,6 +482,22 @@ def run_bench(
         steps.append(("llm_ttft", llm_ttft_step))
     if "cold" in sections:
         steps.append(("cold", lambda: bench_cold_start(repeats)))
+    if "examples" in sections:
+        rounds = max(repeats, 3)
+
+        def examples_step() -> dict[str, Any]:
+            return bench_example_categories(None, rounds * 10, "example_category_check_ms", "example_category_checks")
+
+        def llm_examples_step() -> dict[str, Any]:
+            from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+            model, tokenizer = get_standin()
+            guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
+            return bench_example_categories(
+                guard, rounds * 3, "example_category_llm_added_ms", "example_category_llm_checks"
+            )
+
+        steps += [("examples", examples_step), ("llm_examples", llm_examples_step)]
     for name, step in steps:
         log(f"bench: {name}...")
         started = time.perf_counter()
