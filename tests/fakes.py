@@ -153,16 +153,24 @@ Respond = Callable[[str, dict[str, Any]], tuple[str, bytes]]
 
 
 class LoopbackServer:
-    """An HTTP server on a free 127.0.0.1 port, for the ``with`` block: every POST's JSON body goes to
-    ``respond``; ``requests`` records each ``(path, body)``; ``url`` is ``http://127.0.0.1:PORT``."""
+    """An HTTP server on a free 127.0.0.1 port, for a ``with`` block (or ``start()``/``stop()``): every POST's
+    JSON body goes to ``respond``; ``requests`` records each ``(path, body)``; ``url`` is ``http://127.0.0.1:PORT``."""
 
-    def __init__(self, respond: Respond) -> None:
+    def __init__(self, respond: Respond, port: int = 0) -> None:
         self.respond = respond
+        self.port = port
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.url = ""
         self._http: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LoopbackServer:
+        """Serve on a free port from a daemon thread; ``url`` is set."""
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -179,15 +187,16 @@ class LoopbackServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+            self._http = None
 
 
 # Blunt harm in a checked message -> words of the category names it falls under (Llama Guard 1 and 3 alike),
@@ -279,6 +288,18 @@ class StandInLlamaGuard:
         return "application/json", json.dumps(answer).encode()
 
 
-def standin_llama_guard_endpoint(p_unsafe: Callable[[str], float] = blunt_harm_p_unsafe) -> LoopbackServer:
+def standin_llama_guard_endpoint(
+    p_unsafe: Callable[[str], float] = blunt_harm_p_unsafe, port: int = 0
+) -> LoopbackServer:
     """A :class:`LoopbackServer` serving a :class:`StandInLlamaGuard`; its ``/v1`` URL is the guard endpoint."""
-    return LoopbackServer(StandInLlamaGuard(p_unsafe))
+    return LoopbackServer(StandInLlamaGuard(p_unsafe), port)
+
+
+if __name__ == "__main__":  # python -m tests.fakes [PORT]: the stand-in Llama Guard on loopback until Ctrl-C
+    import contextlib
+    import sys
+
+    with standin_llama_guard_endpoint(port=int(sys.argv[1]) if len(sys.argv) > 1 else 8001) as stand_in:
+        print(f"stand-in Llama Guard at {stand_in.url}/v1 (Ctrl-C stops it)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
