@@ -22,8 +22,8 @@ against live in BENCHMARKS.md. Keys:
 - ``example_category_check_ms``: what the example classifier adds to a check (policy ``seed-custom``, two
   example-defined categories): a check through ``ExampleGuard`` minus the same check of its guard alone,
   medians over distinct user messages (no embedding is reused), the guard answering at once, so nothing
-  hides the classifier's cost. ``example_category_llm_added_ms`` is the same difference with the stand-in
-  Llama Guard as the guard, which the classifier runs beside; ``example_category_encoder_load_s`` and
+  hides the classifier's cost. ``example_category_llm_ratio``: the same two checks with the stand-in Llama
+  Guard as the guard (the classifier runs beside it), as a ratio; ``example_category_encoder_load_s`` and
   ``example_category_fit_s`` are the one-time costs of a policy's first check.
 """
 
@@ -235,39 +235,66 @@ class InstantBackend:
         return [Completion("safe", 0.01) for _ in prompts]
 
 
-def bench_example_categories(inner: Any | None, checks: int, key: str, checks_key: str) -> dict[str, Any]:
-    """A check through ``ExampleGuard(inner)`` minus a check of ``inner`` alone (the instant guard when None)."""
-    from guardgraph.nodes.checks.request import GuardRequest, Turn
-    from guardgraph.nodes.guards.examples import ExampleGuard, ExampleModels
-    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+def _example_policy() -> Any:
     from guardgraph.policies.loader import load_policy
 
     # The stand-in's P(unsafe) is noise: a high threshold keeps it from writing categories (as in the other keys).
-    policy = load_policy("seed-custom").model_copy(update={"threshold": 0.99})
-    guard = inner if inner is not None else LlamaGuard(InstantBackend(), policy.guard_format or STANDIN_FORMAT)
-    models = ExampleModels()
-    combined = ExampleGuard(guard, models)
-    started = time.perf_counter()
-    models.encoder.embed(["warm up"])
-    loaded = time.perf_counter()
-    models.for_policy(policy)
-    fitted = time.perf_counter()
+    return load_policy("seed-custom").model_copy(update={"threshold": 0.99})
 
-    def request(i: int) -> Any:  # a new text every round: the classifier embeds it afresh
+
+def _with_and_without_examples(guard: Any, models: Any, policy: Any, checks: int) -> tuple[float, float]:
+    """Median seconds of a check by ``guard`` alone and through ``ExampleGuard(guard)``, interleaved, each
+    round on a new text (the classifier embeds it afresh)."""
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.examples import ExampleGuard
+
+    combined = ExampleGuard(guard, models)
+
+    def request(i: int) -> Any:
         return GuardRequest("User", (Turn("user", f"{USER_MESSAGES[i % len(USER_MESSAGES)]} (question {i})"),), policy)
 
     times = interleaved(
         {"alone": lambda i: guard.check(request(i)), "examples": lambda i: combined.check(request(i))}, checks
     )
-    alone_s, with_examples_s = _median(times["alone"]), _median(times["examples"])
-    result = {key: (with_examples_s - alone_s) * 1000, checks_key: checks}
-    if inner is None:
-        result |= {
-            "example_category_guard_alone_ms": alone_s * 1000,
-            "example_category_encoder_load_s": loaded - started,
-            "example_category_fit_s": fitted - loaded,
-        }
-    return result
+    return _median(times["alone"]), _median(times["examples"])
+
+
+def bench_example_categories(checks: int) -> dict[str, Any]:
+    """What the example classifier adds to a check of a guard that answers at once; its one-time costs."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+    policy = _example_policy()
+    models = ExampleModels()
+    started = time.perf_counter()
+    models.encoder.embed(["warm up"])
+    loaded = time.perf_counter()
+    models.for_policy(policy)
+    fitted = time.perf_counter()
+    guard = LlamaGuard(InstantBackend(), policy.guard_format or STANDIN_FORMAT)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_check_ms": (with_examples_s - alone_s) * 1000,
+        "example_category_guard_alone_ms": alone_s * 1000,
+        "example_category_checks": checks,
+        "example_category_encoder_load_s": loaded - started,
+        "example_category_fit_s": fitted - loaded,
+    }
+
+
+def bench_example_categories_llm(guard: Any, checks: int) -> dict[str, Any]:
+    """A check of the stand-in Llama Guard through ``ExampleGuard`` ÷ the same check alone."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+
+    policy = _example_policy()
+    models = ExampleModels()
+    models.for_policy(policy)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_llm_ratio": with_examples_s / alone_s,
+        "example_category_llm_check_ms": alone_s * 1000,
+        "example_category_llm_checks": checks,
+    }
 
 
 # --------------------------------------------------------------------------- whole turns
@@ -485,19 +512,14 @@ def run_bench(
     if "examples" in sections:
         rounds = max(repeats, 3)
 
-        def examples_step() -> dict[str, Any]:
-            return bench_example_categories(None, rounds * 10, "example_category_check_ms", "example_category_checks")
-
         def llm_examples_step() -> dict[str, Any]:
             from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
             model, tokenizer = get_standin()
             guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
-            return bench_example_categories(
-                guard, rounds * 3, "example_category_llm_added_ms", "example_category_llm_checks"
-            )
+            return bench_example_categories_llm(guard, rounds * 3)
 
-        steps += [("examples", examples_step), ("llm_examples", llm_examples_step)]
+        steps += [("examples", lambda: bench_example_categories(rounds * 10)), ("llm_examples", llm_examples_step)]
     for name, step in steps:
         log(f"bench: {name}...")
         started = time.perf_counter()
