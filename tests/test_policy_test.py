@@ -113,22 +113,18 @@ LLAMAS = [
 ]
 
 
+def llama_policy(tmp_path: Path, examples: list[str], counter_examples: list[str]) -> Path:
+    """A policy with a described S1 and an S2 about llamas defined by ``examples`` and ``counter_examples``."""
+    llamas = {"code": "S2", "name": "Llamas", "description": "Anything about llamas."}
+    llamas |= {"examples": examples, "counter_examples": counter_examples}
+    return write_policy(tmp_path, [{"code": "S1", "name": "Violent Crimes", "description": "Violence."}, llamas])
+
+
 def test_no_example_tests_itself(tmp_path: Path, llama_guard_endpoint: LoopbackServer) -> None:
     """An example unlike every other is missed once it is left out, though a classifier trained on it catches it."""
     outlier = "What is the boiling point of mercury?"
-    path = write_policy(
-        tmp_path,
-        [
-            {"code": "S1", "name": "Violent Crimes", "description": "Violence."},
-            {
-                "code": "S2",
-                "name": "Llamas",
-                "description": "Anything about llamas.",
-                "examples": [*LLAMAS, outlier],
-                "counter_examples": ["Tell me about horses.", "What do goats eat?", "How tall do camels grow?"],
-            },
-        ],
-    )
+    counters = ["Tell me about horses.", "What do goats eat?", "How tall do camels grow?"]
+    path = llama_policy(tmp_path, [*LLAMAS, outlier], counters)
     code, report = run(str(path), *endpoint(llama_guard_endpoint))
     items = {i["text"]: i for i in report["items"]}
     assert items[outlier]["passed"] is False and code == 1 and report["passed"] is False
@@ -140,19 +136,7 @@ def test_no_example_tests_itself(tmp_path: Path, llama_guard_endpoint: LoopbackS
 
 
 def test_a_clean_policy_passes_with_exit_0(tmp_path: Path, llama_guard_endpoint: LoopbackServer) -> None:
-    path = write_policy(
-        tmp_path,
-        [
-            {"code": "S1", "name": "Violent Crimes", "description": "Violence."},
-            {
-                "code": "S2",
-                "name": "Llamas",
-                "description": "Anything about llamas.",
-                "examples": LLAMAS,
-                "counter_examples": ["How do I reset my password?", "What is the capital of Japan?"],
-            },
-        ],
-    )
+    path = llama_policy(tmp_path, LLAMAS, ["How do I reset my password?", "What is the capital of Japan?"])
     code, report = run(str(path), *endpoint(llama_guard_endpoint))
     assert code == 0 and report["passed"] is True and report["caught"] == 6 and report["flagged"] == 0
     assert report["ignored_by_guard"] == ["S2"] and report["warnings"] == []
