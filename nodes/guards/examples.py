@@ -103,6 +103,7 @@ class SentenceEncoder:
         config = self.model.config
         self.dimension = int(config.hidden_size)
         self.heads = int(config.num_attention_heads)
+        self.model.requires_grad_(False)
         self.layers = []
         for layer in self.model.encoder.layer:
             attention = layer.attention.self
