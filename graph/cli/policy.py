@@ -1,7 +1,7 @@
 """``guardgraph policy test``: a policy's own examples and counter-examples through the configured guard.
 
-Exit codes, as ``check``'s: 0 the policy passes (every example caught, no counter-example flagged, every
-message decided), 1 it does not, 2 bad input (the policy file, an option).
+Exit codes: 0 the policy passes (every example caught, no counter-example flagged, every message decided),
+1 it does not, 2 bad input (the policy file, an option).
 """
 
 from __future__ import annotations
