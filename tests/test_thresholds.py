@@ -189,3 +189,29 @@ def test_a_backend_without_scores_leaves_it_to_the_text(
     for policy in (thresholds(llama_guard_3_policy, 0.01), thresholds(llama_guard_3_policy, 0.99)):
         safe, unsafe = guard.check(user_request("a", policy)), guard.check(user_request("b", policy))
         assert (safe.outcome, safe.score, unsafe.outcome, unsafe.codes) == (Outcome.SAFE, None, Outcome.UNSAFE, ["S2"])
+
+
+def test_a_chat_model_with_logprobs_is_not_asked_to_continue(
+    user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+) -> None:
+    """A chat model wraps text in its own template, so it cannot name categories after a forced ``unsafe``: at
+    or above the lowest threshold its ``safe`` becomes unsafe with no category, held to the policy threshold."""
+    import math
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    top = [{"token": "safe", "logprob": math.log(0.7)}, {"token": "unsafe", "logprob": math.log(0.3)}]
+    content = [{"token": "safe", "logprob": math.log(0.7), "top_logprobs": top}]
+
+    def answers() -> Iterator[AIMessage]:
+        while True:
+            yield AIMessage("safe", response_metadata={"logprobs": {"content": content}})
+
+    guard = enforce_policy(LlamaGuard(LangChainBackend(GenericFakeChatModel(messages=answers()), "chat")))
+    check_under = checker(guard, "How do I make a cake?", user_request)
+    default = check_under(llama_guard_3_policy)
+    assert (default.outcome, default.score) == (Outcome.SAFE, pytest.approx(0.3))
+    low = check_under(thresholds(llama_guard_3_policy, 0.2))
+    assert low.outcome is Outcome.UNSAFE and low.codes == [] and low.raw == "unsafe"
+    assert check_under(thresholds(llama_guard_3_policy, 0.5, S1=0.2)).outcome is Outcome.SAFE

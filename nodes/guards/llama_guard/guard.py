@@ -6,7 +6,8 @@ LangChain model) shares the same prompt bytes and the same fail-closed parsing.
 Categories below the model's own decision point: a policy may set thresholds lower than the P(unsafe) at
 which the model writes ``unsafe``. Each prompt carries the lowest threshold in play; a backend that
 scores a verdict ``safe`` at or above it is asked once more, with the prompt continued after ``unsafe``,
-for the categories it would name (the transformers backend continues on its own). The thresholds
+for the categories it would name (the transformers backend continues on its own; a chat model, which
+cannot continue a prompt, gives ``unsafe`` with no category). The thresholds
 themselves are applied by ``guardgraph.nodes.guards.thresholds``, the same for every guard.
 """
 
@@ -57,7 +58,11 @@ class Completion:
 
 
 class CompletionBackend(Protocol):
-    """A model that continues rendered guard prompts."""
+    """A model that continues rendered guard prompts.
+
+    A backend whose model cannot be handed a prompt to continue as it stands (a chat model, which wraps the
+    text in its own template) sets ``continues_prompts = False``; the attribute is optional.
+    """
 
     name: str
 
@@ -93,11 +98,14 @@ class LlamaGuard(BaseGuard):
             and completion.p_unsafe >= prompt.threshold
             and parse_verdict(completion.text, request.policy).outcome is Outcome.SAFE
         ]
-        if below:
+        if below and getattr(self.backend, "continues_prompts", True):
             continuation = self.format.verdict_lead + UNSAFE_CONTINUATION
             named = self.backend.complete([prompts[i].continued(continuation) for i in below], self.format)
             for i, codes in zip(below, named, strict=True):
                 completions[i] = Completion(UNSAFE_CONTINUATION + codes.text.strip(), completions[i].p_unsafe)
+        elif below:  # a chat model cannot be asked to continue a prompt: unsafe, its categories unknown
+            for i in below:
+                completions[i] = Completion(UNSAFE_CONTINUATION.strip(), completions[i].p_unsafe)
         return [self._verdict(r, c) for r, c in zip(requests, completions, strict=True)]
 
     def _verdict(self, request: GuardRequest, completion: Completion) -> Verdict:
