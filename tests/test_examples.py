@@ -246,7 +246,7 @@ def test_verdict_line_names_the_part() -> None:
     assert verdict_line(verdict).startswith("User  unsafe O1 by both p=0.90")
 
 
-def test_the_seed_prompts_through_local_weights_that_miss_them(tmp_path: Path) -> None:
+def test_the_seed_prompts_through_local_weights_that_miss_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--guard-model``: a tiny Llama Guard 1 that says ``safe`` to everything (P(unsafe) 0.001)."""
     folder = save_tiny_guard(tmp_path / "lg1", *scripted_guard("llama-guard-1", p_unsafe=0.001))
     options = ["--policy", "seed-custom", "--guard-model", str(folder), "--json"]
@@ -255,6 +255,10 @@ def test_the_seed_prompts_through_local_weights_that_miss_them(tmp_path: Path) -
     assert all(a["safe"] is False and a["flagged_by"] == "examples" for a in answers.values())
     assert all(a["score"] > 0.5 for a in answers.values())  # the examples' probability, not the model's 0.001
     seed = load_policy("seed-custom")
+    monkeypatch.setattr(deps, "chat_model_for", lambda config: FakeListChatModel(responses=["Sure."] * 4))
+    for text, code in ((AMAZON, "O7"), (CANCER, "O8")):
+        turn = json.loads(CliRunner().invoke(app, ["ask", text, *options]).stdout)
+        assert turn["refused"] is True and turn["reply"] == seed.category(code).refusal  # type: ignore[union-attr]
     guard = build_guard(GuardGraphConfig(guard_model=str(folder), policy="seed-custom"), seed)
     counters = [t for c in seed.active_categories for t in c.counter_examples]
     assert [
