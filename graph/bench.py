@@ -19,6 +19,12 @@ against live in BENCHMARKS.md. Keys:
 - ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
 - ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer
   (median of ``--repeats`` fresh processes, as every other key is a median of ``--repeats`` rounds).
+- ``example_category_check_ms``: what the example classifier adds to a check (policy ``seed-custom``, two
+  example-defined categories): a check through ``ExampleGuard`` minus the same check of its guard alone,
+  medians over distinct user messages (no embedding is reused), the guard answering at once, so nothing
+  hides the classifier's cost. ``example_category_llm_ratio``: the same two checks with the stand-in Llama
+  Guard as the guard (the classifier runs beside it), as a ratio; ``example_category_encoder_load_s`` and
+  ``example_category_fit_s`` are the one-time costs of a policy's first check.
 """
 
 from __future__ import annotations
@@ -215,6 +221,82 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
     }
 
 
+# --------------------------------------------------------------------------- example-defined categories
+
+
+class InstantBackend:
+    """A completion backend that says ``safe`` (P(unsafe) 0.01) at once: a guard that costs nothing."""
+
+    name = "instant"
+
+    def complete(self, prompts: Any, fmt: Any) -> list[Any]:
+        from guardgraph.nodes.guards.llama_guard.guard import Completion
+
+        return [Completion("safe", 0.01) for _ in prompts]
+
+
+def _example_policy() -> Any:
+    from guardgraph.policies.loader import load_policy
+
+    # The stand-in's P(unsafe) is noise: a high threshold keeps it from writing categories (as in the other keys).
+    return load_policy("seed-custom").model_copy(update={"threshold": 0.99})
+
+
+def _with_and_without_examples(guard: Any, models: Any, policy: Any, checks: int) -> tuple[float, float]:
+    """Median seconds of a check by ``guard`` alone and through ``ExampleGuard(guard)``, interleaved, each
+    round on a new text (the classifier embeds it afresh)."""
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.examples import ExampleGuard
+
+    combined = ExampleGuard(guard, models)
+
+    def request(i: int) -> Any:
+        return GuardRequest("User", (Turn("user", f"{USER_MESSAGES[i % len(USER_MESSAGES)]} (question {i})"),), policy)
+
+    times = interleaved(
+        {"alone": lambda i: guard.check(request(i)), "examples": lambda i: combined.check(request(i))}, checks
+    )
+    return _median(times["alone"]), _median(times["examples"])
+
+
+def bench_example_categories(checks: int) -> dict[str, Any]:
+    """What the example classifier adds to a check of a guard that answers at once; its one-time costs."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+    policy = _example_policy()
+    models = ExampleModels()
+    started = time.perf_counter()
+    models.encoder.embed(["warm up"])
+    loaded = time.perf_counter()
+    models.for_policy(policy)
+    fitted = time.perf_counter()
+    guard = LlamaGuard(InstantBackend(), policy.guard_format or STANDIN_FORMAT)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_check_ms": (with_examples_s - alone_s) * 1000,
+        "example_category_guard_alone_ms": alone_s * 1000,
+        "example_category_checks": checks,
+        "example_category_encoder_load_s": loaded - started,
+        "example_category_fit_s": fitted - loaded,
+    }
+
+
+def bench_example_categories_llm(guard: Any, checks: int) -> dict[str, Any]:
+    """A check of the stand-in Llama Guard through ``ExampleGuard`` ÷ the same check alone."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+
+    policy = _example_policy()
+    models = ExampleModels()
+    models.for_policy(policy)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_llm_ratio": with_examples_s / alone_s,
+        "example_category_llm_check_ms": alone_s * 1000,
+        "example_category_llm_checks": checks,
+    }
+
+
 # --------------------------------------------------------------------------- whole turns
 
 
@@ -352,7 +434,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("llm", "batch", "turns", "ttft", "cold")
+SECTIONS = ("llm", "batch", "turns", "ttft", "cold", "examples")
 
 
 def run_bench(
@@ -427,6 +509,17 @@ def run_bench(
         steps.append(("llm_ttft", llm_ttft_step))
     if "cold" in sections:
         steps.append(("cold", lambda: bench_cold_start(repeats)))
+    if "examples" in sections:
+        rounds = max(repeats, 3)
+
+        def llm_examples_step() -> dict[str, Any]:
+            from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+            model, tokenizer = get_standin()
+            guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
+            return bench_example_categories_llm(guard, rounds * 3)
+
+        steps += [("examples", lambda: bench_example_categories(rounds * 10)), ("llm_examples", llm_examples_step)]
     for name, step in steps:
         log(f"bench: {name}...")
         started = time.perf_counter()

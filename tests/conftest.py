@@ -1,5 +1,6 @@
 """Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder,
-a scripted OpenAI-compatible server on loopback, and a throwaway PostgreSQL server with a fresh database per test."""
+a scripted OpenAI-compatible server and the stand-in Llama Guard endpoint on loopback, and a throwaway
+PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
-from tests.fakes import FakeOpenAIServer, scripted_llama_guard
+from tests.fakes import FakeOpenAIServer, LoopbackServer, scripted_llama_guard, standin_llama_guard_endpoint
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 GraphBuilder = Callable[..., Any]
@@ -113,3 +114,11 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A new, empty database on the session's server: ``postgresql://postgres@127.0.0.1:PORT/NAME``."""
     return postgres_server.create_database()
+
+
+@pytest.fixture
+def llama_guard_endpoint() -> Iterator[LoopbackServer]:
+    """A stand-in Llama Guard on loopback (``StandInLlamaGuard``: flags blunt harm, says ``safe`` to everything
+    else, with logprobs); pass ``f"{server.url}/v1"`` as the guard endpoint. Stopped after the test."""
+    with standin_llama_guard_endpoint() as server:
+        yield server

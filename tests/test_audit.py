@@ -19,7 +19,7 @@ from tests.fakes import scripted_llama_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
-    "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "score",
+    "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "flagged_by", "score",
     "latency_ms", "enforced", "blocked", "reason",
 }  # fmt: skip
 

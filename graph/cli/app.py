@@ -32,6 +32,7 @@ from guardgraph.graph.cli.options import (
     with_config,
     write_json,
 )
+from guardgraph.graph.cli.policy import policy_app
 from guardgraph.graph.cli.prepare import prepare_command
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.checkpointers import DatabaseError, Persistence, open_persistence
@@ -75,7 +76,8 @@ def verdict_line(verdict: dict[str, Any]) -> str:
     score = "" if verdict.get("score") is None else f" p={verdict['score']:.2f}"
     extra = f" ({verdict['reason']})" if verdict.get("reason") else ""
     shadow = "" if verdict.get("enforced", True) else " [shadow]"
-    head = f"{verdict['role']:<5} {verdict['outcome']}{' ' + codes if codes else ''}"
+    by = f" by {verdict['flagged_by']}" if verdict.get("flagged_by") else ""
+    head = f"{verdict['role']:<5} {verdict['outcome']}{' ' + codes if codes else ''}{by}"
     return f"{head}{score} {verdict['latency_ms']:.0f}ms{shadow}{extra}"
 
 
@@ -134,6 +136,7 @@ def check_json(verdict: Verdict) -> dict[str, Any]:
         "outcome": verdict.outcome.value,
         "categories": verdict.codes,
         "category_names": [hit.name for hit in verdict.categories],
+        "flagged_by": verdict.flagged_by,
         "score": verdict.score,
         "reason": verdict.reason,
     }
@@ -277,6 +280,7 @@ def _chat_loop(graph: Any, store: Persistence, thread: str, config: GuardGraphCo
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
 app.command("prepare")(prepare_command)
+app.add_typer(policy_app, name="policy")
 
 
 def _show_chunk(shown: list[str], chunk: str) -> None:

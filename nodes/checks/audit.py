@@ -2,7 +2,8 @@
 
 Each record holds: ``time`` (UTC, ISO 8601), ``thread``, ``role``, ``policy`` (name), ``policy_sha256``
 (sha256 of the policy's canonical JSON), ``guard`` (the guard's name: format and model), ``outcome``
-(safe, unsafe, error, bypass, unparseable), ``categories``, ``score``, ``latency_ms``, ``enforced``
+(safe, unsafe, error, bypass, unparseable), ``categories``, ``flagged_by`` (which part flagged it: ``guard``,
+``examples`` or ``both``; null when nothing did), ``score``, ``latency_ms``, ``enforced``
 (False in shadow mode), ``blocked``, ``reason``, and, only when ``include_content`` is set (CLI
 ``--audit-content``), ``content``: the checked message text.
 
@@ -79,6 +80,7 @@ class AuditLog:
             "guard": verdict.guard or getattr(guard, "name", None),
             "outcome": verdict.outcome.value,
             "categories": verdict.codes,
+            "flagged_by": verdict.flagged_by,
             "score": verdict.score,
             "latency_ms": round(verdict.latency_ms, 3),
             "enforced": verdict.enforced,

@@ -7,6 +7,8 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Role = Literal["User", "Agent"]
+# Which part of a guard flagged content: the guard model, the policy's examples (``guards/examples.py``), both.
+FlaggedBy = Literal["guard", "examples", "both"]
 BAD_INPUT = "input_error"  # metadata flag: the content itself could not be checked (no mode lets it through)
 # The most of a guard's raw answer and of a reason a verdict keeps: verdicts are stored in the thread, written
 # to the audit log and printed, and a broken guard may answer megabytes.
@@ -52,6 +54,7 @@ class Verdict:
     raw: str | None = None
     reason: str | None = None
     enforced: bool = True
+    flagged_by: FlaggedBy | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -10,12 +10,26 @@ from guardgraph.policies.model import Category
 SPEAKER_LABEL = {"user": "User", "assistant": "Agent"}
 
 
-def render_category(category: Category, fmt: GuardFormat, descriptions: bool) -> str:
-    """``CODE: Name.`` and, when asked for and present, the description on the following lines."""
+def render_category(category: Category, fmt: GuardFormat, descriptions: bool, few_shot: bool = False) -> str:
+    """``CODE: Name.`` and, when asked for and present, the description on the following lines; with
+    ``few_shot`` (a policy switch) the category's examples and counter-examples follow, one quoted line each."""
     line = f"{category.code}: {category.name}.{fmt.category_line_end}\n"
     if descriptions and category.description:
         line += category.description.strip("\n") + "\n"
+    if descriptions and few_shot:
+        shown = (
+            (f"Examples of {category.code}", category.examples),
+            (f"Not {category.code}", category.counter_examples),
+        )
+        for heading, texts in shown:
+            if texts:
+                line += f"{heading}:\n" + "".join(f'- "{_one_line(text, fmt)}"\n' for text in texts)
     return line
+
+
+def _one_line(text: str, fmt: GuardFormat) -> str:
+    """An example as one line of the prompt: whitespace runs joined, structure neutralized."""
+    return neutralize(" ".join(text.split()), fmt)
 
 
 def render_turn(turn: Turn, fmt: GuardFormat) -> str:
@@ -27,7 +41,8 @@ def render_parts(request: GuardRequest, fmt: GuardFormat, descriptions: bool = T
 
     The prefix depends only on (format, policy, role), so a model can cache its keys and values.
     """
-    categories = "".join(render_category(c, fmt, descriptions) for c in request.policy.active_categories)
+    policy = request.policy
+    categories = "".join(render_category(c, fmt, descriptions, policy.few_shot) for c in policy.active_categories)
     prefix = (
         fmt.prefix
         + fmt.task_line.format(role=request.role)

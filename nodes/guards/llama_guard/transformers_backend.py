@@ -13,8 +13,9 @@
 - **Single-pass verdict.** ``fmt.verdict_lead`` (``\\n\\n`` for Llama Guard 3/4) and any first pieces
   shared by ``safe`` and ``unsafe`` are appended to the suffix; one forward pass reads the logits of the
   first differing ``safe``/``unsafe`` tokens at the last position; P(unsafe) is the softmax over those
-  two. Only when P(unsafe) reaches the threshold does the backend greedily generate the category line
-  (at most ``max_new_tokens``), continuing from the same cache.
+  two. Only when P(unsafe) reaches the prompt's threshold (the policy's lowest) does the backend greedily
+  generate the category line (at most ``max_new_tokens``), continuing from the same cache; the policy's
+  thresholds are applied to the verdict afterwards, as for every guard (``nodes/guards/thresholds.py``).
 - **Batching.** ``complete()`` groups prompts by prefix and runs each group as one batch: suffixes are
   padded on the left *between* the cached prefix and the suffix (masked out, position ids continue
   from the prefix), so every row's verdict position is the last column.
@@ -27,7 +28,7 @@ import copy
 import inspect
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,12 +69,6 @@ class _Encoded:
     suffix_ids: list[int]
 
 
-def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mapping[str, float] | None = None) -> bool:
-    """Whether P(unsafe) is high enough to ask for the categories (the lowest threshold in play)."""
-    lowest = min([threshold, *(category_thresholds or {}).values()])
-    return p_unsafe >= lowest
-
-
 def kv_cache_argument(model: Any) -> str:
     """The name ``model.forward`` takes its KV cache under: ``cache`` (transformers 5.24+), else ``past_key_values``."""
     try:
@@ -87,11 +82,6 @@ def _returned_cache(output: Any) -> Any:
     """The KV cache a forward pass returned, under either name."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def _codes_in(text: str) -> list[str]:
-    line = text.strip().partition("\n")[2].strip().split("\n", 1)[0]
-    return [token.strip().upper() for token in line.replace(";", ",").split(",") if token.strip()]
 
 
 class TransformersBackend:
@@ -404,23 +394,13 @@ class TransformersBackend:
         rows = [e.suffix_ids + list(tokens.shared) for e in encoded]
         logits, cache, mask, next_pos = self._forward_suffixes(entry, rows)
         p_unsafe = self._p_unsafe(logits, tokens).tolist()
-        unsafe_rows = [
-            i
-            for i, (p, prompt) in enumerate(zip(p_unsafe, prompts, strict=True))
-            if decide_unsafe(p, prompt.threshold, prompt.category_thresholds)
-        ]
+        unsafe_rows = [i for i, (p, prompt) in enumerate(zip(p_unsafe, prompts, strict=True)) if p >= prompt.threshold]
         texts = ["safe"] * len(prompts)
         if unsafe_rows:
             for i, tail in zip(
                 unsafe_rows, self._generate_codes(cache, mask, next_pos, unsafe_rows, tokens), strict=True
             ):
                 texts[i] = "unsafe" + tail
-                per_category = prompts[i].category_thresholds
-                codes = _codes_in(texts[i])
-                if per_category and codes:
-                    needed = min(per_category.get(c, prompts[i].threshold) for c in codes)
-                    if p_unsafe[i] < needed:
-                        texts[i] = "safe"
         return [Completion(text, p) for text, p in zip(texts, p_unsafe, strict=True)]
 
     @torch.no_grad()
