@@ -16,17 +16,23 @@ from guardgraph.nodes.checks.verdict import Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.llama_guard.formats import GuardFormat, get_format
 from guardgraph.nodes.guards.llama_guard.parse import parse_verdict
-from guardgraph.nodes.guards.llama_guard.render import render_parts
+from guardgraph.nodes.guards.llama_guard.render import last_text_end, render_parts, render_reply_lead
 
 
 @dataclass(frozen=True)
 class GuardPrompt:
-    """A rendered prompt: ``prefix`` depends only on (format, policy, role) and can be cached."""
+    """A rendered prompt: ``prefix`` depends only on (format, policy, role) and can be cached.
+
+    ``stable_chars`` is how much of ``suffix`` the next prompts of the same conversation are expected to
+    start with (the conversation up to the end of its last message; None: all of it): what a backend keeps
+    the keys and values of. It is a hint for caching only and never changes a verdict.
+    """
 
     prefix: str
     suffix: str
     threshold: float = 0.5
     category_thresholds: Mapping[str, float] = field(default_factory=dict)
+    stable_chars: int | None = None
 
     @property
     def text(self) -> str:
@@ -42,7 +48,11 @@ class Completion:
 
 
 class CompletionBackend(Protocol):
-    """A model that continues rendered guard prompts."""
+    """A model that continues rendered guard prompts.
+
+    A backend may also offer ``warm(prompt, fmt)``: compute ahead, and keep, what reading ``prompt`` (a
+    prompt's beginning, with no template tail) costs, for the complete prompts that will start with it.
+    """
 
     name: str
 
@@ -68,7 +78,16 @@ class LlamaGuard(BaseGuard):
         prefix, suffix = render_parts(request, self.format, self.descriptions)
         policy = request.policy
         per_category = {c.code: c.threshold for c in policy.active_categories if c.threshold is not None}
-        return GuardPrompt(prefix, suffix, policy.threshold, per_category)
+        stable = last_text_end(suffix, request.role, self.format)
+        return GuardPrompt(prefix, suffix, policy.threshold, per_category, stable)
+
+    def warm(self, request: GuardRequest) -> None:
+        """Let the backend compute ahead what every check of ``request``'s conversation with any last
+        message reads first (the policy block and the conversation before that message), if it can."""
+        warm = getattr(self.backend, "warm", None)
+        if warm is not None:
+            prefix, lead = render_reply_lead(request, self.format, self.descriptions)
+            warm(GuardPrompt(prefix, lead, request.policy.threshold), self.format)
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         completions = self.backend.complete([self.render(r) for r in requests], self.format)
