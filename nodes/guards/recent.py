@@ -49,6 +49,12 @@ class RecentVerdicts:
             verdicts.append(verdict)
         return verdicts
 
+    def warm(self, request: GuardRequest) -> None:
+        """Passed on to the guard, if it can warm up (see ``LlamaGuard.warm``)."""
+        warm = getattr(self.guard, "warm", None)
+        if warm is not None:
+            warm(request)
+
     async def acheck(self, request: GuardRequest) -> Verdict:
         cached = self._get(request)
         if cached is not None:
