@@ -1,9 +1,9 @@
 """Wire the guarded chat graph: START → input_guard → chat → output_guard → END, unsafe → refuse.
 
-The input guard starts the chat model speculatively (cancelled if it blocks); the chat node releases
-tokens only as the output guard passes them; the output guard node makes the final decision. Models,
-guards and the default policy are closed over here; what may vary per run comes through
-``Runtime[Context]`` (``guardgraph.nodes.context``).
+The input guard starts the chat model speculatively (cancelled if it blocks) and warms the output guard
+up for the reply's checks; the chat node releases tokens only as the output guard passes them; the output
+guard node makes the final decision. Models, guards and the default policy are closed over here; what may
+vary per run comes through ``Runtime[Context]`` (``guardgraph.nodes.context``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from guardgraph.nodes.chat import ChatNodeDeps, make_chat_node
+from guardgraph.nodes.chat import ChatNodeDeps, make_chat_node, make_reply_warmup
 from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.context import Context
 from guardgraph.nodes.guard_node import make_guard_node
@@ -61,20 +61,20 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
     """Compile the guarded chat graph; pass a checkpointer to keep conversations by thread id."""
     registry = SpeculationRegistry()
     output_guard = RecentVerdicts(deps.output_guard)  # the stream's last check is the output node's check
+    chat_deps = ChatNodeDeps(
+        deps.chat_model,
+        output_guard,
+        deps.policy,
+        deps.output_settings,
+        deps.system_prompt,
+        registry,
+        deps.chunking,
+    )
+    chat = make_chat_node(chat_deps)
     input_guard = make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings)
     if deps.speculate:
-        input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry)
-    chat = make_chat_node(
-        ChatNodeDeps(
-            deps.chat_model,
-            output_guard,
-            deps.policy,
-            deps.output_settings,
-            deps.system_prompt,
-            registry,
-            deps.chunking,
-        )
-    )
+        warmup = make_reply_warmup(chat_deps)
+        input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry, warmup)
 
     builder = StateGraph(
         GuardedChatState, context_schema=Context, input_schema=GuardedChatInput, output_schema=GuardedChatOutput

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
 
-from guardgraph.nodes.checks.run import GuardSettings, check
+from guardgraph.nodes.checks.run import GuardSettings, check, warm_reply_check
 from guardgraph.nodes.checks.verdict import Verdict
 from guardgraph.nodes.context import Context, run_context, thread_id
 from guardgraph.nodes.guard_node import run_settings
 from guardgraph.nodes.guards.base import Guard
-from guardgraph.nodes.speculation import SpeculationRegistry, chat_messages, system_prompt_for, turn_key
+from guardgraph.nodes.speculation import SpeculationRegistry, WarmUp, chat_messages, system_prompt_for, turn_key
 from guardgraph.nodes.state import GuardedChatState, Node, StateUpdate
 from guardgraph.nodes.streaming.generation import BackgroundGeneration
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
@@ -47,8 +47,9 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
         policy = context.resolve_policy(deps.policy)
         settings = run_settings(deps.output_settings, context)
         prompt = system_prompt_for(context, deps.system_prompt)
-        generation = deps.registry.take(turn_key(state, runtime)) or BackgroundGeneration(
-            deps.model, chat_messages(state, prompt)
+        speculation = deps.registry.take(turn_key(state, runtime))
+        generation = (
+            speculation.generation if speculation else BackgroundGeneration(deps.model, chat_messages(state, prompt))
         )
 
         def check_reply(reply: str) -> Verdict:
@@ -65,6 +66,8 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
         try:
             if not context.stream_tokens:
                 return {"draft": "".join(generation.tokens()), "error": None}
+            if speculation is not None:
+                speculation.warmed(settings.timeout_s)
             result = release_guarded(
                 generation.pieces(),
                 check_reply,
@@ -78,6 +81,16 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
         return {"draft": result.draft, "error": None}
 
     return chat
+
+
+def make_reply_warmup(deps: ChatNodeDeps) -> WarmUp:
+    """The output guard's warm-up for a turn's reply checks (run beside the input check, ``speculation.py``)."""
+
+    def warm(state: GuardedChatState, runtime: Runtime[Context]) -> None:
+        policy = run_context(runtime).resolve_policy(deps.policy)
+        warm_reply_check(deps.output_guard, state["messages"], policy, deps.output_settings)
+
+    return warm
 
 
 def chat_error_message(error: BaseException) -> str:
