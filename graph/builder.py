@@ -1,9 +1,9 @@
 """Wire the guarded chat graph: START → input_guard → chat → output_guard → END, unsafe → refuse.
 
-The input guard starts the chat model speculatively (cancelled if it blocks) and warms the output guard
-up for the reply's checks; the chat node releases tokens only as the output guard passes them; the output
-guard node makes the final decision. Models, guards and the default policy are closed over here; what may
-vary per run comes through ``Runtime[Context]`` (``guardgraph.nodes.context``).
+The input guard starts the chat model speculatively (cancelled if it blocks) and, when the output guard is
+a guard of its own, warms it up for the reply's checks; the chat node releases tokens only as the output
+guard passes them; the output guard node makes the final decision. Models, guards and the default policy
+are closed over here; what may vary per run comes through ``Runtime[Context]`` (``guardgraph.nodes.context``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class GuardedChatDeps:
     system_prompt: str | None = None
     speculate: bool = True
     chunking: Chunking = field(default_factory=Chunking)
+    # Warm the output guard up for the reply beside the input check (with ``speculate``). None: only when
+    # the output guard is not the input guard: one guard runs its checks one after another, so a warm-up
+    # would sit between the input check and the first chunk's check, costing a forward pass of its own
+    # to save that check the conversation's tokens.
+    warm_output_guard: bool | None = None
 
 
 def after_input_guard(state: GuardedChatState) -> str:
@@ -73,7 +78,10 @@ def build_graph(deps: GuardedChatDeps, checkpointer: BaseCheckpointSaver | None 
     chat = make_chat_node(chat_deps)
     input_guard = make_guard_node("User", deps.input_guard, deps.policy, deps.input_settings)
     if deps.speculate:
-        warmup = make_reply_warmup(chat_deps)
+        warm = deps.warm_output_guard
+        if warm is None:
+            warm = deps.output_guard is not deps.input_guard
+        warmup = make_reply_warmup(chat_deps) if warm else None
         input_guard = speculative(input_guard, deps.chat_model, deps.system_prompt, registry, warmup)
 
     builder = StateGraph(

@@ -2,10 +2,11 @@
 
 The wrapped input guard node starts the turn's generation before it checks the user's message and
 hands it to the chat node of the same turn through a :class:`SpeculationRegistry`; when the message
-is blocked, the generation is cancelled and nothing it wrote is ever shown or stored. Beside it, the
-output guard warms up for the reply (``nodes/chat.py:make_reply_warmup``): the conversation part of
-every reply check is known before the chat model writes anything, so it is computed while the input
-guard and the chat model's prefill run, and the first chunk's check pays only the chunk and the tail.
+is blocked, the generation is cancelled and nothing it wrote is ever shown or stored. Beside it, an
+output guard that is not the input guard warms up for the reply (``nodes/chat.py:make_reply_warmup``,
+``GuardedChatDeps.warm_output_guard``): the conversation part of every reply check is known before the
+chat model writes anything, so it is computed while the input guard and the chat model's prefill run,
+and the first chunk's check pays only the chunk and the tail.
 """
 
 from __future__ import annotations

@@ -292,7 +292,8 @@ def test_a_guarded_stream_warms_up_and_checks_each_chunk_on_the_cache(tokenizer:
 
     backend.warm, backend.complete = recording_warm, recording_complete  # type: ignore[method-assign]
     guard = LlamaGuard(backend, LG3)
-    graph = make_guarded_graph(tiny_chat_model(["To", " make", " a", " cake", ",", " mix", " it", "."]), guard, guard)
+    reply = tiny_chat_model(["To", " make", " a", " cake", ",", " mix", " it", "."])
+    graph = make_guarded_graph(reply, guard, guard, warm_output_guard=True)  # one guard: warmed only when asked
     released, final = stream_turn(graph, QUESTION)
     assert "".join(released) == final["messages"][-1].content == "To make a cake, mix it."
     (lead,) = warmed

@@ -123,6 +123,16 @@ def test_output_guard_warms_up_while_the_input_guard_runs_and_before_the_first_c
     assert warm_end <= first_reply_check  # ...and the first chunk's check waited for it, not raced it
 
 
+def test_one_guard_for_both_roles_is_not_warmed_up_between_its_own_checks(
+    make_guarded_graph: Callable[..., Any],
+) -> None:
+    model = ScriptedChatModel(replies=[["Hello ", "there."]])
+    guard = SlowGuard(scripted_llama_guard(), 0.0, model.log, warm_delay_s=0.2)
+    released, _ = stream_turn(make_guarded_graph(model, guard, guard), "Hi")
+    assert "".join(released) == "Hello there."
+    assert not any(event.startswith("warm") for event, _, _ in model.log)
+
+
 def test_unsafe_input_cancels_the_speculative_draft_unseen(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[[f"word{i} " for i in range(200)]], delay_s=0.01)
     log = model.log
