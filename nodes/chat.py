@@ -20,13 +20,20 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, RemoveMessage
 from langgraph.runtime import Runtime
 
-from guardgraph.nodes.checks.run import GuardSettings, check, error_reason
+from guardgraph.nodes.checks.run import GuardSettings, check, error_reason, warm_reply_check
 from guardgraph.nodes.checks.verdict import Verdict
 from guardgraph.nodes.context import Context, run_context, thread_id
 from guardgraph.nodes.guard_node import run_settings
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.handoff import Draft, Handoff
-from guardgraph.nodes.speculation import chat_messages, generation_handoff, system_prompt_for, turn_key
+from guardgraph.nodes.speculation import (
+    Speculation,
+    WarmUp,
+    chat_messages,
+    speculation_handoff,
+    system_prompt_for,
+    turn_key,
+)
 from guardgraph.nodes.state import GuardedChatState, Node, StateUpdate, unanswered
 from guardgraph.nodes.streaming.generation import BackgroundGeneration, GenerationCancelled
 from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
@@ -45,7 +52,7 @@ class ChatNodeDeps:
     policy: Policy
     output_settings: GuardSettings
     system_prompt: str | None = None
-    generations: Handoff[BackgroundGeneration] = field(default_factory=generation_handoff)
+    speculations: Handoff[Speculation] = field(default_factory=speculation_handoff)
     drafts: Handoff[Draft] = field(default_factory=Handoff)
     chunking: Chunking = field(default_factory=Chunking)
 
@@ -57,7 +64,10 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
         settings = run_settings(deps.output_settings, context)
         prompt = system_prompt_for(context, deps.system_prompt)
         key = turn_key(state, runtime)
-        generation = deps.generations.take(key) or BackgroundGeneration(deps.model, chat_messages(state, prompt))
+        speculation = deps.speculations.take(key)
+        generation = (
+            speculation.generation if speculation else BackgroundGeneration(deps.model, chat_messages(state, prompt))
+        )
 
         def check_reply(reply: str) -> Verdict:
             return check(
@@ -74,6 +84,8 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
             if not context.stream_tokens:
                 draft = Draft("".join(generation.tokens()))
             else:
+                if speculation is not None:
+                    speculation.warmed(settings.timeout_s)
                 result = release_guarded(
                     generation.pieces(),
                     check_reply,
@@ -89,6 +101,16 @@ def make_chat_node(deps: ChatNodeDeps) -> Node:
         return {"error": None}
 
     return chat
+
+
+def make_reply_warmup(deps: ChatNodeDeps) -> WarmUp:
+    """The output guard's warm-up for a turn's reply checks (run beside the input check, ``speculation.py``)."""
+
+    def warm(state: GuardedChatState, runtime: Runtime[Context]) -> None:
+        policy = run_context(runtime).resolve_policy(deps.policy)
+        warm_reply_check(deps.output_guard, state["messages"], policy, deps.output_settings)
+
+    return warm
 
 
 def turn_failed(state: GuardedChatState, error: str) -> StateUpdate:

@@ -84,14 +84,24 @@ class SlowGuard(BaseGuard):
 
     ``guard`` is any guard, or an ``Answer`` for a ``scripted_llama_guard``. Every check appends
     ``("guard-start", time, checked text)`` and ``("guard-end", time, outcome)`` to ``log``, so a test
-    can order the check against other work (a ``ScriptedChatModel`` sharing the same log).
+    can order the check against other work (a ``ScriptedChatModel`` sharing the same log). A warm-up
+    (``warm``) takes ``warm_delay_s`` and appends ``("warm-start", time, the conversation before the
+    reply)`` and ``("warm-end", time, "")``.
     """
 
-    def __init__(self, guard: Guard | Answer = "safe", delay_s: float = 0.0, log: Log | None = None) -> None:
+    def __init__(
+        self, guard: Guard | Answer = "safe", delay_s: float = 0.0, log: Log | None = None, warm_delay_s: float = 0.0
+    ) -> None:
         self.guard: Guard = scripted_llama_guard(guard) if isinstance(guard, str) or callable(guard) else guard
         self.delay_s = delay_s
+        self.warm_delay_s = warm_delay_s
         self.log: Log = log if log is not None else []
         self.name = self.guard.name
+
+    def warm(self, request: GuardRequest) -> None:
+        self.log.append(("warm-start", time.perf_counter(), " | ".join(t.text for t in request.turns[:-1])))
+        time.sleep(self.warm_delay_s)
+        self.log.append(("warm-end", time.perf_counter(), ""))
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         self.log.append(("guard-start", time.perf_counter(), requests[0].checked_text))

@@ -15,6 +15,7 @@ empty message) is rejected whatever the modes say: that is bad input, not an und
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,10 @@ from guardgraph.nodes.checks.request import ConversationError, GuardRequest, gua
 from guardgraph.nodes.checks.verdict import BAD_INPUT, Outcome, Role, Verdict, undecided_verdict
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies.model import Policy
+
+logger = logging.getLogger(__name__)
+# Stands for the reply in a warm-up request: a warm-up reads only what comes before the reply's text.
+ANY_REPLY = "..."
 
 
 class GuardTimeoutError(TimeoutError):
@@ -70,6 +75,22 @@ def check(
             settings.audit.record(verdict, request=None, thread_id=thread_id, guard=guard, policy=policy)
         return verdict
     return run_guard(guard, request, settings, thread_id)
+
+
+def warm_reply_check(guard: Guard, messages: Sequence[object], policy: Policy, settings: GuardSettings) -> None:
+    """Let ``guard`` compute ahead what every check of a reply to ``messages`` reads first (the policy and
+    the conversation before the reply), where it can (``warm``; see ``LlamaGuard.warm``).
+
+    It decides nothing: every check of the reply still runs in full and fails closed, so a warm-up that
+    fails is only logged.
+    """
+    warm = getattr(guard, "warm", None)
+    if warm is None:
+        return
+    try:
+        warm(guard_request("Agent", messages, policy, settings.window_turns, reply=ANY_REPLY))
+    except Exception as error:  # a missed warm-up only costs time
+        logger.debug("guard warm-up failed: %s: %s", type(error).__name__, error)
 
 
 def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thread_id: str | None = None) -> Verdict:

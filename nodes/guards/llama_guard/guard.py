@@ -23,7 +23,7 @@ from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.llama_guard.formats import GuardFormat, get_format
 from guardgraph.nodes.guards.llama_guard.parse import parse_verdict
-from guardgraph.nodes.guards.llama_guard.render import render_parts
+from guardgraph.nodes.guards.llama_guard.render import last_text_end, render_parts, render_reply_lead
 from guardgraph.nodes.guards.thresholds import lowest_threshold
 
 UNSAFE_CONTINUATION = "unsafe\n"  # after the format's verdict lead: the model writes the categories next
@@ -34,11 +34,15 @@ class GuardPrompt:
     """A rendered prompt: ``prefix`` depends only on (format, policy, role) and can be cached.
 
     ``threshold``: from this P(unsafe) on the backend names categories (the policy's lowest threshold).
+    ``stable_chars`` is how much of ``suffix`` the next prompts of the same conversation are expected to
+    start with (the conversation up to the end of its last message; None: all of it): what a backend keeps
+    the keys and values of. It is a hint for caching only and never changes a verdict.
     """
 
     prefix: str
     suffix: str
     threshold: float = 0.5
+    stable_chars: int | None = None
 
     @property
     def text(self) -> str:
@@ -61,7 +65,9 @@ class CompletionBackend(Protocol):
     """A model that continues rendered guard prompts.
 
     A backend whose model cannot be handed a prompt to continue as it stands (a chat model, which wraps the
-    text in its own template) sets ``continues_prompts = False``; the attribute is optional.
+    text in its own template) sets ``continues_prompts = False``; the attribute is optional. A backend may
+    also offer ``warm(prompt, fmt)``: compute ahead, and keep, what reading ``prompt`` (a prompt's
+    beginning, with no template tail) costs, for the complete prompts that will start with it.
     """
 
     name: str
@@ -86,7 +92,16 @@ class LlamaGuard(BaseGuard):
 
     def render(self, request: GuardRequest) -> GuardPrompt:
         prefix, suffix = render_parts(request, self.format, self.descriptions)
-        return GuardPrompt(prefix, suffix, lowest_threshold(request.policy))
+        stable = last_text_end(suffix, request.role, self.format)
+        return GuardPrompt(prefix, suffix, lowest_threshold(request.policy), stable)
+
+    def warm(self, request: GuardRequest) -> None:
+        """Let the backend compute ahead what every check of ``request``'s conversation with any last
+        message reads first (the policy block and the conversation before that message), if it can."""
+        warm = getattr(self.backend, "warm", None)
+        if warm is not None:
+            prefix, lead = render_reply_lead(request, self.format, self.descriptions)
+            warm(GuardPrompt(prefix, lead, lowest_threshold(request.policy)), self.format)
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         prompts = [self.render(r) for r in requests]
