@@ -22,6 +22,20 @@ against live in BENCHMARKS.md. Keys:
 - ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
 - ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer
   (median of ``--repeats`` fresh processes, as every other key is a median of ``--repeats`` rounds).
+- ``llm_stream_check_speedup``: the guard time of all hold-back checks of one streamed 512-token reply
+  (``release_guarded`` with the graph's chunking), stand-in Llama Guard, every check re-reading the
+  conversation and the reply so far (``reuse="policy"``) ÷ reusing the previous chunk's keys and values
+  (the token-prefix KV cache). ``stream_check_speedup``: the same with the offline default guard, every
+  window re-checked ÷ only the windows with new text (incremental windows).
+- ``llm_stream_check_growth`` / ``stream_check_growth``: guard time per reply token at 512 tokens ÷ at 128
+  tokens on the incremental path (1 is linear growth of a reply's total guard time); ``*_growth_reread``
+  the same on the re-reading path. Each round streams a new conversation, so nothing is reused across rounds.
+- ``example_category_check_ms``: what the example classifier adds to a check (policy ``seed-custom``, two
+  example-defined categories): a check through ``ExampleGuard`` minus the same check of its guard alone,
+  medians over distinct user messages (no embedding is reused), the guard answering at once, so nothing
+  hides the classifier's cost. ``example_category_llm_ratio``: the same two checks with the stand-in Llama
+  Guard as the guard (the classifier runs beside it), as a ratio; ``example_category_encoder_load_s`` and
+  ``example_category_fit_s`` are the one-time costs of a policy's first check.
 """
 
 from __future__ import annotations
@@ -136,12 +150,12 @@ def standin_guard_model(tokenizer: Any, seed: int = 0) -> Any:
     return LlamaForCausalLM(config).eval()
 
 
-def standin_backends(model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """(naive, optimized) backends over the same model and tokenizer."""
+def standin_backends(model: Any, tokenizer: Any, reuse: str = "tokens") -> tuple[Any, Any]:
+    """(naive, optimized) backends over the same model and tokenizer; ``reuse`` is the optimized one's cache reuse."""
     from guardgraph.nodes.guards.llama_guard.formats import get_format
     from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 
-    optimized = TransformersBackend(model, tokenizer, name="standin-135m")
+    optimized = TransformersBackend(model, tokenizer, name="standin-135m", reuse=reuse)  # type: ignore[arg-type]
     lead = optimized.verdict_tokens(get_format(STANDIN_FORMAT)).lead_len
     naive = TransformersBackend(
         model, tokenizer, name="standin-135m-naive", mode="naive", naive_max_new_tokens=lead + 2
@@ -166,20 +180,21 @@ def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[
 
     fmt = get_format(STANDIN_FORMAT)
     policy = _standin_policy()
-    prompts = [
-        GuardPrompt(*render_parts(GuardRequest("User", (Turn("user", m),), policy), fmt), policy.threshold)
-        for m in USER_MESSAGES
-    ]
+
+    def prompt(i: int) -> GuardPrompt:  # a message not checked before: no check reuses more than the policy
+        message = USER_MESSAGES[i % len(USER_MESSAGES)] + (f" ({i})" if i >= len(USER_MESSAGES) else "")
+        return GuardPrompt(*render_parts(GuardRequest("User", (Turn("user", message),), policy), fmt), policy.threshold)
+
     naive, optimized = standin_backends(model, tokenizer)
-    prefix_ids, suffix_ids = optimized.encode(prompts[0], fmt)
+    prefix_ids, suffix_ids = optimized.encode(prompt(0), fmt)
     with torch.inference_mode():
         started = time.perf_counter()
-        optimized.complete(prompts[:1], fmt)  # computes the prefix cache once
+        optimized.complete([prompt(0)], fmt)  # computes the prefix cache once
         first = time.perf_counter() - started
         times = interleaved(
             {
-                "naive": lambda i: naive.complete([prompts[i % len(prompts)]], fmt),
-                "optimized": lambda i: optimized.complete([prompts[i % len(prompts)]], fmt),
+                "naive": lambda i: naive.complete([prompt(i)], fmt),
+                "optimized": lambda i: optimized.complete([prompt(i)], fmt),
             },
             repeats,
         )
@@ -233,7 +248,8 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
 
 def bench_long_check(repeats: int) -> dict[str, Any]:
     """A ~1,000-character message (User check, then the same text as a reply) checked by the offline guard as
-    shipped ÷ by the same windows without the guard's sentence evidence (two guards built side by side)."""
+    shipped ÷ by the same windows without the guard's sentence evidence (two guards built side by side). Windows
+    are not remembered between rounds (``incremental=False``): every round checks the text afresh."""
     import torch
 
     from guardgraph.nodes.checks.request import GuardRequest, Turn
@@ -247,8 +263,8 @@ def bench_long_check(repeats: int) -> dict[str, Any]:
         GuardRequest("User", (Turn("user", LONG_MESSAGE),), policy),
         GuardRequest("Agent", (Turn("user", USER_MESSAGES[2]), Turn("assistant", LONG_MESSAGE)), policy),
     ]
-    shipped = windowed(OfflineGuard())
-    windows_only = windowed(OfflineGuard(sentence_evidence=False))
+    shipped = windowed(OfflineGuard(), incremental=False)
+    windows_only = windowed(OfflineGuard(sentence_evidence=False), incremental=False)
     with torch.inference_mode():
         times = interleaved(
             {
@@ -264,6 +280,175 @@ def bench_long_check(repeats: int) -> dict[str, Any]:
         "long_check_windows_only_ms": windows_s * 1000 / len(requests),
         "long_check_chars": len(LONG_MESSAGE),
         "long_check_rounds": repeats,
+    }
+
+
+# --------------------------------------------------------------------------- streamed replies
+
+STREAM_TOKENS = (128, 512)
+STREAM_PROMPT = "How do I bake a simple sponge cake?"
+STREAM_SENTENCES = [
+    "Preheat the oven to 180 degrees and grease a round tin with a little butter.",
+    "Beat four eggs with 200 grams of sugar until the mixture is pale, thick and has doubled in volume.",
+    "Sift 200 grams of flour with a teaspoon of baking powder, then fold it in gently with a spatula.",
+    "Pour the batter into the tin and smooth the top.",
+    "Bake for about 30 minutes, until the top springs back when you press it lightly.",
+    "Let the cake cool in the tin for ten minutes, then turn it out onto a wire rack.",
+    "Once it is cold, you can fill it with jam and whipped cream, or dust it with icing sugar.",
+    "Keep it in an airtight box, where it stays fresh for two or three days.",
+]
+
+
+def stream_pieces(tokenizer: Any, tokens: int) -> list[str]:
+    """A benign reply of exactly ``tokens`` tokens of ``tokenizer``, one piece per token, as a chat model streams it."""
+    text, count = "", 0
+    while True:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= tokens:
+            return [tokenizer.decode([token]) for token in ids[:tokens]]
+        text += STREAM_SENTENCES[count % len(STREAM_SENTENCES)] + " "
+        count += 1
+
+
+def stream_checks(guard: Any, policy: Any, pieces: list[str], user_text: str) -> tuple[int, bool]:
+    """All hold-back checks of one streamed reply, as the chat node runs them: (checks, blocked)."""
+    from langchain_core.messages import HumanMessage
+
+    from guardgraph.nodes.checks.run import GuardSettings, check
+    from guardgraph.nodes.streaming.holdback import Chunking, release_guarded
+
+    messages = [HumanMessage(user_text)]
+    settings = GuardSettings(timeout_s=None)
+    count = 0
+
+    def check_reply(reply: str) -> Any:
+        nonlocal count
+        count += 1
+        return check(guard, "Agent", messages, policy, settings, reply=reply)
+
+    result = release_guarded(pieces, check_reply, lambda _: None, Chunking())
+    return count, result.blocked
+
+
+def bench_stream(reread: Any, incremental: Any, policy: Any, tokenizer: Any, repeats: int, key: str) -> dict[str, Any]:
+    """Guard time of one streamed reply's checks, re-reading ÷ incremental, at 128 and 512 reply tokens."""
+    import torch
+
+    pieces = {n: stream_pieces(tokenizer, n) for n in STREAM_TOKENS}
+    checks: dict[int, int] = {}
+    blocked: list[bool] = []
+
+    def path(guard: Any, name: str, tokens: int) -> Callable[[int], None]:
+        def run(i: int) -> None:  # a new conversation every call: nothing carries over between paths or rounds
+            question = f"{STREAM_PROMPT} ({name}, {tokens} tokens, round {i})"
+            count, was_blocked = stream_checks(guard, policy, pieces[tokens], question)
+            checks[tokens] = count
+            blocked.append(was_blocked)
+
+        return run
+
+    with torch.inference_mode():
+        for guard in (reread, incremental):  # each path pays its policy prefix once, before the timing
+            stream_checks(guard, policy, pieces[STREAM_TOKENS[0]][:2], STREAM_PROMPT)
+        paths = {
+            f"{name}_{n}": path(guard, name, n)
+            for name, guard in (("reread", reread), ("incremental", incremental))
+            for n in STREAM_TOKENS
+        }
+        times = interleaved(paths, repeats, warmup=0)
+    seconds = {name: _median(values) for name, values in times.items()}
+    small, large = STREAM_TOKENS
+
+    def per_token_ms(name: str, tokens: int) -> float:
+        return seconds[f"{name}_{tokens}"] * 1000 / tokens
+
+    return {
+        f"{key}_speedup": seconds[f"reread_{large}"] / seconds[f"incremental_{large}"],
+        f"{key}_growth": per_token_ms("incremental", large) / per_token_ms("incremental", small),
+        f"{key}_growth_reread": per_token_ms("reread", large) / per_token_ms("reread", small),
+        **{
+            f"{key}_{name}_ms_per_token_{n}": per_token_ms(name, n)
+            for name in ("reread", "incremental")
+            for n in STREAM_TOKENS
+        },
+        **{f"{key}_checks_{n}": checks[n] for n in STREAM_TOKENS},
+        f"{key}_blocked_streams": sum(blocked),
+    }
+
+
+# --------------------------------------------------------------------------- example-defined categories
+
+
+class InstantBackend:
+    """A completion backend that says ``safe`` (P(unsafe) 0.01) at once: a guard that costs nothing."""
+
+    name = "instant"
+
+    def complete(self, prompts: Any, fmt: Any) -> list[Any]:
+        from guardgraph.nodes.guards.llama_guard.guard import Completion
+
+        return [Completion("safe", 0.01) for _ in prompts]
+
+
+def _example_policy() -> Any:
+    from guardgraph.policies.loader import load_policy
+
+    # The stand-in's P(unsafe) is noise: a high threshold keeps it from writing categories (as in the other keys).
+    return load_policy("seed-custom").model_copy(update={"threshold": 0.99})
+
+
+def _with_and_without_examples(guard: Any, models: Any, policy: Any, checks: int) -> tuple[float, float]:
+    """Median seconds of a check by ``guard`` alone and through ``ExampleGuard(guard)``, interleaved, each
+    round on a new text (the classifier embeds it afresh)."""
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.examples import ExampleGuard
+
+    combined = ExampleGuard(guard, models)
+
+    def request(i: int) -> Any:
+        return GuardRequest("User", (Turn("user", f"{USER_MESSAGES[i % len(USER_MESSAGES)]} (question {i})"),), policy)
+
+    times = interleaved(
+        {"alone": lambda i: guard.check(request(i)), "examples": lambda i: combined.check(request(i))}, checks
+    )
+    return _median(times["alone"]), _median(times["examples"])
+
+
+def bench_example_categories(checks: int) -> dict[str, Any]:
+    """What the example classifier adds to a check of a guard that answers at once; its one-time costs."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+    from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+    policy = _example_policy()
+    models = ExampleModels()
+    started = time.perf_counter()
+    models.encoder.embed(["warm up"])
+    loaded = time.perf_counter()
+    models.for_policy(policy)
+    fitted = time.perf_counter()
+    guard = LlamaGuard(InstantBackend(), policy.guard_format or STANDIN_FORMAT)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_check_ms": (with_examples_s - alone_s) * 1000,
+        "example_category_guard_alone_ms": alone_s * 1000,
+        "example_category_checks": checks,
+        "example_category_encoder_load_s": loaded - started,
+        "example_category_fit_s": fitted - loaded,
+    }
+
+
+def bench_example_categories_llm(guard: Any, checks: int) -> dict[str, Any]:
+    """A check of the stand-in Llama Guard through ``ExampleGuard`` ÷ the same check alone."""
+    from guardgraph.nodes.guards.examples import ExampleModels
+
+    policy = _example_policy()
+    models = ExampleModels()
+    models.for_policy(policy)
+    alone_s, with_examples_s = _with_and_without_examples(guard, models, policy, checks)
+    return {
+        "example_category_llm_ratio": with_examples_s / alone_s,
+        "example_category_llm_check_ms": alone_s * 1000,
+        "example_category_llm_checks": checks,
     }
 
 
@@ -405,7 +590,7 @@ def machine() -> dict[str, Any]:
 
 
 LONG_CHECK_ROUNDS = 21  # single checks are short and noisy: more rounds than the turn comparisons
-SECTIONS = ("llm", "batch", "long", "turns", "ttft", "cold")
+SECTIONS = ("llm", "batch", "long", "stream", "turns", "ttft", "cold", "examples")
 
 
 def run_bench(
@@ -424,13 +609,19 @@ def run_bench(
     results: dict[str, Any] = {"machine": machine()}
     errors: dict[str, str] = {}
     standin: tuple[Any, Any] | None = None
+    tokenizer: Any = None
     offline: Any = None
+
+    def get_tokenizer() -> Any:
+        nonlocal tokenizer
+        if tokenizer is None:
+            tokenizer = standin_tokenizer()
+        return tokenizer
 
     def get_standin() -> tuple[Any, Any]:
         nonlocal standin
         if standin is None:
-            tokenizer = standin_tokenizer()
-            standin = (standin_guard_model(tokenizer), tokenizer)
+            standin = (standin_guard_model(get_tokenizer()), get_tokenizer())
         return standin
 
     def get_offline() -> Any:
@@ -463,10 +654,38 @@ def run_bench(
             from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 
             model, tokenizer = get_standin()
-            guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
+            # the policy prefix alone is reused, as batching is measured: the one-by-one round would
+            # otherwise leave every prompt cached for the batched one
+            guard = LlamaGuard(standin_backends(model, tokenizer, reuse="policy")[1], STANDIN_FORMAT)
             return bench_batch(guard, _standin_policy(), llm_batch, "llm_batch", repeats)
 
         steps.append(("llm_batch", llm_batch_step))
+    if "stream" in sections:
+
+        def llm_stream_step() -> dict[str, Any]:
+            from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+            from guardgraph.nodes.guards.windowed import WindowedGuard
+
+            model, tokenizer = get_standin()
+            reread, incremental = (
+                WindowedGuard(LlamaGuard(standin_backends(model, tokenizer, reuse)[1], STANDIN_FORMAT), incremental=inc)
+                for reuse, inc in (("policy", False), ("tokens", True))
+            )
+            return bench_stream(reread, incremental, _standin_policy(), tokenizer, repeats, "llm_stream_check")
+
+        def offline_stream_step() -> dict[str, Any]:
+            from guardgraph.nodes import defaults
+            from guardgraph.nodes.guards.offline.guard import OfflineGuard
+            from guardgraph.nodes.guards.windowed import WindowedGuard
+            from guardgraph.policies.loader import load_policy
+
+            guard = OfflineGuard.load_default()
+            reread, incremental = WindowedGuard(guard, incremental=False), WindowedGuard(guard)
+            policy = load_policy(defaults.POLICY)
+            return bench_stream(reread, incremental, policy, get_tokenizer(), repeats, "stream_check")
+
+        steps.append(("llm_stream", llm_stream_step))
+        steps.append(("stream", offline_stream_step))
     if "long" in sections:
         steps.append(("long", lambda: bench_long_check(max(repeats, LONG_CHECK_ROUNDS))))
     if "turns" in sections:
@@ -482,6 +701,17 @@ def run_bench(
         steps.append(("llm_ttft", llm_ttft_step))
     if "cold" in sections:
         steps.append(("cold", lambda: bench_cold_start(repeats)))
+    if "examples" in sections:
+        rounds = max(repeats, 3)
+
+        def llm_examples_step() -> dict[str, Any]:
+            from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+
+            model, tokenizer = get_standin()
+            guard = LlamaGuard(standin_backends(model, tokenizer)[1], STANDIN_FORMAT)
+            return bench_example_categories_llm(guard, rounds * 3)
+
+        steps += [("examples", lambda: bench_example_categories(rounds * 10)), ("llm_examples", llm_examples_step)]
     for name, step in steps:
         log(f"bench: {name}...")
         started = time.perf_counter()

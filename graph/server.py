@@ -3,9 +3,15 @@
 ``langgraph.json`` names :func:`make_graph`, an async factory: the server calls it for each run, it
 builds the graph once per process (off the event loop: loading models takes seconds) and then hands
 back the same compiled graph. The graph is compiled WITHOUT a checkpointer: the server provides
-persistence (in memory for ``langgraph dev``, Postgres in production) and threads. Python code can use
-the same graph directly: ``from guardgraph.graph.server import graph`` (built on first access) or
-:func:`get_graph`.
+persistence (in memory for ``langgraph dev``, Postgres in production: its ``DATABASE_URI``) and threads.
+Python code can use the same graph directly: ``from guardgraph.graph.server import graph`` (built on first
+access) or :func:`get_graph`.
+
+``GUARDGRAPH_DB`` is for worker processes of your own that build this graph outside the LangGraph server:
+``open_persistence(config_from_env().db)`` (``guardgraph.graph.models.checkpointers``: memory when unset, a
+SQLite file, or ``postgresql://user@host:port/dbname``), then ``build_server_graph(checkpointer=...)`` and
+each turn inside ``persistence.turn(thread_id)``; docs/deployment.md has the whole recipe. The LangGraph
+server's graph (:func:`make_graph`, :func:`get_graph`) never reads it, and says so in a warning when it is set.
 
 What a deployment fixes comes from the environment, one variable per
 :class:`guardgraph.graph.config.GuardGraphConfig` field, named ``GUARDGRAPH_`` + the field in capitals;
@@ -18,6 +24,7 @@ unset means the CLI's default (offline models):
   ``GUARDGRAPH_MAX_NEW_TOKENS``
 - ``GUARDGRAPH_SYSTEM_PROMPT`` (empty: none), ``GUARDGRAPH_WINDOW_TURNS``, ``GUARDGRAPH_DESCRIPTIONS``
 - ``GUARDGRAPH_FAIL_OPEN``, ``GUARDGRAPH_SHADOW``, ``GUARDGRAPH_AUDIT``, ``GUARDGRAPH_AUDIT_CONTENT``
+- ``GUARDGRAPH_DB`` (your own workers only, see above)
 
 What may differ per assistant or per run is the graph's context (``guardgraph.nodes.context.Context``):
 ``client.assistants.create(graph_id="guardgraph", context={"policy": "seed-custom"})`` serves the seed's
@@ -35,10 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from guardgraph.graph.builder import GuardedChatDeps, GuardedChatGraph, build_graph
 from guardgraph.graph.config import GuardGraphConfig
@@ -46,10 +56,10 @@ from guardgraph.graph.config import GuardGraphConfig
 ENV_PREFIX = "GUARDGRAPH_"
 FACTORY_ENV = "GUARDGRAPH_SERVER_FACTORY"
 PRELOAD_ENV = "GUARDGRAPH_SERVER_PRELOAD"
-# The server owns persistence: a checkpointer file makes no sense here.
-SERVER_IGNORED_FIELDS = frozenset({"db"})
+DB_ENV = "GUARDGRAPH_DB"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _graph: GuardedChatGraph | None = None
 
@@ -60,7 +70,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> GuardGraphConfi
     values: dict[str, Any] = {}
     for name in GuardGraphConfig.model_fields:
         raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is None or name in SERVER_IGNORED_FIELDS:
+        if raw is None:
             continue
         if raw == "" and name == "system_prompt":
             values[name] = None
@@ -80,8 +90,10 @@ def _factory_deps(spec: str) -> GuardedChatDeps:
     return deps
 
 
-def build_server_graph(environ: Mapping[str, str] | None = None) -> GuardedChatGraph:
-    """Build a fresh graph from the environment, without a checkpointer."""
+def build_server_graph(
+    environ: Mapping[str, str] | None = None, checkpointer: BaseCheckpointSaver | None = None
+) -> GuardedChatGraph:
+    """Build a fresh graph from the environment; with ``checkpointer`` for workers outside the LangGraph server."""
     environ = os.environ if environ is None else environ
     spec = environ.get(FACTORY_ENV)
     if spec:
@@ -90,15 +102,22 @@ def build_server_graph(environ: Mapping[str, str] | None = None) -> GuardedChatG
         from guardgraph.graph.models.deps import build_deps
 
         deps = build_deps(config_from_env(environ))
-    return build_graph(deps, checkpointer=None)
+    return build_graph(deps, checkpointer=checkpointer)
 
 
 def get_graph() -> GuardedChatGraph:
-    """The process's graph, built on first use."""
+    """The process's graph for the LangGraph server, built on first use, without a checkpointer."""
     global _graph
     if _graph is None:
         with _lock:
             if _graph is None:
+                if os.environ.get(DB_ENV):
+                    logger.warning(
+                        "%s is set but not used: the LangGraph server keeps threads in its own database "
+                        "(DATABASE_URI); %s is for worker processes that build the graph themselves",
+                        DB_ENV,
+                        DB_ENV,
+                    )
                 _graph = build_server_graph()
     return _graph
 

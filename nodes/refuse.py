@@ -31,6 +31,6 @@ def make_refuse_node(policy: Policy) -> Node:
             refusal_text(verdict, run_context(runtime).resolve_policy(policy)),
             response_metadata={"guardgraph": {"refused": True, "role": verdict.role}},
         )
-        return {"messages": [message], "draft": None, "refused": True}
+        return {"messages": [message], "refused": True}
 
     return refuse

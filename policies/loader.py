@@ -31,6 +31,8 @@ def resolve_policy_path(name_or_path: str | Path) -> Path:
     path = Path(text).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise PolicyError(f"{text}: is a directory, not a policy file")
     if path.suffix in {".yaml", ".yml"} or "/" in text:
         raise PolicyError(f"{text}: policy file not found")
     raise PolicyError(f"unknown policy {text!r}: use one of {', '.join(bundled_policy_names())} or a YAML path")

@@ -13,9 +13,12 @@ class Category(BaseModel):
     """One unsafe-content category, as the guard prompt lists it.
 
     ``examples`` are messages that belong to the category and ``counter_examples`` are look-alikes that do
-    not; the offline guard learns example-defined categories from both. ``covers`` names the standard
-    hazards (Llama Guard 3 codes, S1..S14) the category includes, so a guard trained on the standard
-    taxonomy can serve a custom policy.
+    not; a classifier learnt from both enforces an example-defined category next to whatever guard runs.
+    ``covers`` names the standard hazards (Llama Guard 3 codes, S1..S14) the category includes, so a guard
+    trained on the standard taxonomy (the offline guard) can serve a custom policy. ``threshold`` (else the
+    policy's) is the probability from which the category is flagged: the example classifier's own for an
+    example-defined category; for a guard that scores only the whole message (Llama Guard, the offline
+    guard), its P(unsafe), when that guard names the category.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +66,8 @@ class Policy(BaseModel):
     categories: tuple[Category, ...]
     exclude: tuple[str, ...] = ()
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Write each category's examples and counter-examples into the LLM guard's prompt, after its description.
+    few_shot: bool = False
     default_refusal: str = "I can't help with that request."
     # What the user is told when a guard could not decide (an error, an unreadable verdict): it blocks.
     undecided_refusal: str = "I can't answer that right now: the safety check could not be completed."

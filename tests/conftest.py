@@ -1,8 +1,14 @@
-"""Fixtures shared by the test files: the bundled policies, a one-turn request builder and a guarded-graph builder."""
+"""Fixtures shared by the test files: the bundled policies, a one-turn request builder, a guarded-graph builder,
+a scripted OpenAI-compatible server and the stand-in Llama Guard endpoint on loopback, and a throwaway
+PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +19,8 @@ from guardgraph.graph.builder import GuardedChatDeps, build_graph
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies import Policy, load_policy
-from tests.fakes import scripted_llama_guard
+from tests.fakes import FakeOpenAIServer, LoopbackServer, scripted_llama_guard, standin_llama_guard_endpoint
+from tests.postgres import PostgresServer, PostgresUnavailable
 
 GraphBuilder = Callable[..., Any]
 RequestBuilder = Callable[..., GuardRequest]
@@ -66,3 +73,52 @@ def make_guarded_graph(llama_guard_3_policy: Policy) -> GraphBuilder:
         return build_graph(guarded, checkpointer or InMemorySaver())
 
     return make
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """A scripted guard and chat server on loopback (``tests.fakes.FakeOpenAIServer``), stopped after the test.
+
+    It answers ``safe`` and replies ``Hello there.`` until the test sets ``guard``, ``reply``,
+    ``piece_delay_s`` or ``chat_status``; ``cli_options()`` points the CLI at it.
+    """
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def guardgraph_command() -> list[str]:
+    """The ``guardgraph`` command of this environment, to run the real CLI as a subprocess."""
+    exe = shutil.which("guardgraph", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "guardgraph.graph.cli.app"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py), stopped and removed at its end.
+
+    Without the binaries the Postgres tests are skipped, naming what to install; in CI (``CI`` set, as
+    ``.ci/run`` does, which also installs them) they fail instead.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI"):
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server: ``postgresql://postgres@127.0.0.1:PORT/NAME``."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture
+def llama_guard_endpoint() -> Iterator[LoopbackServer]:
+    """A stand-in Llama Guard on loopback (``StandInLlamaGuard``: flags blunt harm, says ``safe`` to everything
+    else, with logprobs); pass ``f"{server.url}/v1"`` as the guard endpoint. Stopped after the test."""
+    with standin_llama_guard_endpoint() as server:
+        yield server

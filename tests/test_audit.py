@@ -19,7 +19,7 @@ from tests.fakes import scripted_llama_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {
-    "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "score",
+    "time", "thread", "role", "policy", "policy_sha256", "guard", "outcome", "categories", "flagged_by", "score",
     "latency_ms", "enforced", "blocked", "reason",
 }  # fmt: skip
 
@@ -96,3 +96,12 @@ def test_two_processes_write_whole_lines(tmp_path: Path) -> None:
     assert len(records) == 600
     for name in ("a", "b"):
         assert [r["i"] for r in records if r["writer"] == name] == list(range(300))
+
+
+def test_a_line_cut_short_is_never_joined_to_the_next_record(tmp_path: Path) -> None:
+    """A writer killed in the middle of its line leaves a fragment; the next record starts on a line of its own."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"writer": "killed", "i": 0, "pad": "yyy')
+    AuditLog(path).write({"writer": "next", "i": 1})
+    fragment, line = path.read_bytes().split(b"\n")[:2]
+    assert fragment.startswith(b'{"writer": "killed"') and json.loads(line) == {"writer": "next", "i": 1}

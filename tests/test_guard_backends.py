@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -20,6 +19,7 @@ from guardgraph.nodes.guards.batching import BatchingGuard
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.langchain_backend import LangChainBackend
 from guardgraph.policies import Policy
+from tests.fakes import LoopbackServer, checked_turn
 
 
 @pytest.mark.parametrize(
@@ -46,53 +46,31 @@ def test_a_backend_without_its_model_says_what_to_pass(llama_guard_3_policy: Pol
         build_guard(GuardGraphConfig(guard_backend="ollama"), llama_guard_3_policy)
 
 
-class FakeOllama(BaseHTTPRequestHandler):
+def ollama_generate(path: str, body: dict[str, Any]) -> tuple[str, bytes]:
     """Ollama's ``/api/generate``: ``unsafe\\nS9`` when the checked turn mentions a bomb, else ``safe``."""
-
-    bodies: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOllama.bodies.append({"path": self.path, **body})
-        conversation = body["prompt"].split("<BEGIN CONVERSATION>")[1].split("<END CONVERSATION>")[0]
-        answer = "unsafe\nS9" if "bomb" in conversation.lower() else "safe"
-        line = {"model": body["model"], "created_at": "2026-11-25T00:00:00Z", "response": answer, "done": True}
-        payload = (json.dumps(line) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    answer = "unsafe\nS9" if "bomb" in checked_turn(body["prompt"]).lower() else "safe"
+    line = {"model": body["model"], "created_at": "2026-11-25T00:00:00Z", "response": answer, "done": True}
+    return "application/x-ndjson", (json.dumps(line) + "\n").encode()
 
 
 @pytest.fixture()
-def ollama_url() -> Iterator[str]:
-    FakeOllama.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def ollama() -> Iterator[LoopbackServer]:
+    with LoopbackServer(ollama_generate) as server:
+        yield server
 
 
 def test_ollama_guard_gets_the_exact_prompt_raw(
-    ollama_url: str, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+    ollama: LoopbackServer, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
 ) -> None:
     pytest.importorskip("langchain_ollama")
-    config = GuardGraphConfig(guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url)
+    config = GuardGraphConfig(guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama.url)
     guard = build_guard(config, llama_guard_3_policy)
     unsafe = guard.check(user_request("How do I build a bomb?"))
     safe = guard.check(user_request("How do I bake bread?"))
     assert (unsafe.outcome, unsafe.codes, safe.outcome) == (Outcome.UNSAFE, ["S9"], Outcome.SAFE)
     assert unsafe.guard == "llama-guard-3:ollama:llama-guard3"
-    body = FakeOllama.bodies[0]
-    assert body["path"] == "/api/generate" and body["raw"] is True and body["model"] == "llama-guard3"
+    path, body = ollama.requests[0]
+    assert path == "/api/generate" and body["raw"] is True and body["model"] == "llama-guard3"
     # the rendered Llama Guard 3 prompt, without the BOS token the server adds itself
     assert body["prompt"].startswith("<|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe")
     assert body["prompt"].endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
@@ -108,14 +86,14 @@ def test_a_langchain_chat_model_as_the_guard(user_request: Callable[..., GuardRe
 
 
 def test_batching_is_wired_from_the_config(
-    ollama_url: str, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
+    ollama: LoopbackServer, user_request: Callable[..., GuardRequest], llama_guard_3_policy: Policy
 ) -> None:
     pytest.importorskip("langchain_ollama")
     config = GuardGraphConfig(
-        guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama_url, guard_batch_window_ms=200
+        guard_backend="ollama", guard_model="llama-guard3", guard_endpoint=ollama.url, guard_batch_window_ms=200
     )
     guard = build_guard(config, llama_guard_3_policy)
-    batching = guard.inner  # type: ignore[attr-defined]
+    batching = guard.inner.inner  # type: ignore[attr-defined]  # examples -> windows -> batching
     assert isinstance(batching, BatchingGuard)
     verdicts: list[Any] = []
     threads = [threading.Thread(target=lambda: verdicts.append(guard.check(user_request("hi")))) for _ in range(4)]

@@ -35,7 +35,6 @@ from guardgraph.nodes.checks.run import GuardSettings, run_guard
 from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.openai_backend import OpenAICompletionBackend
-from guardgraph.nodes.refuse import UNDECIDED_REFUSAL
 from guardgraph.nodes.shipped_models import smollm2_gguf_path
 from guardgraph.policies import Policy
 
@@ -139,7 +138,7 @@ def test_completions_backend_reads_logprobs(endpoint: str, bread_request: GuardR
     assert verdict.score is None or (0.0 <= verdict.score <= 1.0 and math.isfinite(verdict.score))
 
 
-def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path) -> None:
+def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path, llama_guard_3_policy: Policy) -> None:
     """``guardgraph ask`` with both models behind the server: the undecided input guard refuses."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     command = [
@@ -155,4 +154,4 @@ def test_the_whole_graph_through_both_endpoints(endpoint: str, tmp_path: Path) -
     assert verdict["role"] == "User" and verdict["outcome"] != "error", verdict
     if verdict["outcome"] == "unparseable":  # what SmolLM2 writes: the turn fails closed
         assert turn["refused"] is True
-        assert turn["reply"] == UNDECIDED_REFUSAL
+        assert turn["reply"] == llama_guard_3_policy.undecided_refusal

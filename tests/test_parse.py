@@ -64,6 +64,10 @@ def test_unsafe_without_codes_is_still_unsafe(llama_guard_3_policy: Policy) -> N
         "sa fe",
         "unsafe\nS99",
         "unsafe\nX1",
+        "safe\nS1",
+        "safe\n\nS1,S2",
+        "safe<|eot_id|>S1",
+        "safe\nunsafe",
     ],
 )
 def test_anything_else_is_unparseable(text: str, llama_guard_3_policy: Policy) -> None:

@@ -106,6 +106,33 @@ def test_generation_starts_while_the_input_guard_runs(make_guarded_graph: Callab
     assert "".join(released) == "Hello there."
 
 
+def test_output_guard_warms_up_while_the_input_guard_runs_and_before_the_first_chunk_check(
+    make_guarded_graph: Callable[..., Any],
+) -> None:
+    model = ScriptedChatModel(replies=[["Hello ", "there."]])
+    log = model.log
+    input_guard = SlowGuard(scripted_llama_guard(), 0.1, log)
+    output_guard = SlowGuard(scripted_llama_guard(), 0.0, log, warm_delay_s=0.4)  # outlasts the input check
+    released, final = stream_turn(make_guarded_graph(model, input_guard, output_guard), "Hi")
+    assert "".join(released) == "Hello there." == final["messages"][-1].content
+    warm_start = next(t for e, t, detail in log if e == "warm-start" and detail == "Hi")
+    warm_end = next(t for e, t, _ in log if e == "warm-end")
+    input_end = next(t for e, t, _ in log if e == "guard-end")
+    first_reply_check = next(t for e, t, detail in log if e == "guard-start" and detail != "Hi")
+    assert warm_start < input_end  # warmed beside the input check...
+    assert warm_end <= first_reply_check  # ...and the first chunk's check waited for it, not raced it
+
+
+def test_one_guard_for_both_roles_is_not_warmed_up_between_its_own_checks(
+    make_guarded_graph: Callable[..., Any],
+) -> None:
+    model = ScriptedChatModel(replies=[["Hello ", "there."]])
+    guard = SlowGuard(scripted_llama_guard(), 0.0, model.log, warm_delay_s=0.2)
+    released, _ = stream_turn(make_guarded_graph(model, guard, guard), "Hi")
+    assert "".join(released) == "Hello there."
+    assert not any(event.startswith("warm") for event, _, _ in model.log)
+
+
 def test_unsafe_input_cancels_the_speculative_draft_unseen(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[[f"word{i} " for i in range(200)]], delay_s=0.01)
     log = model.log
@@ -120,16 +147,17 @@ def test_unsafe_input_cancels_the_speculative_draft_unseen(make_guarded_graph: C
     assert sum(e == "piece" for e, _, _ in log) < 200  # ...long before it finished
 
 
-def test_chat_model_error_ends_the_turn_and_keeps_the_conversation(make_guarded_graph: Callable[..., Any]) -> None:
+def test_chat_model_error_ends_the_turn_and_leaves_the_thread_as_before(make_guarded_graph: Callable[..., Any]) -> None:
     model = ScriptedChatModel(replies=[["Fine."], ["Back again."]], fail=True)
     graph = make_guarded_graph(model)
     _, final = stream_turn(graph, "Hello")
     assert "model server crashed" in final["error"]
-    assert [m.type for m in final["messages"]] == ["human"]
+    assert final["messages"] == []  # the failed turn's user message is gone with it
     model.fail = False
     _, final = stream_turn(graph, "Hello again")
-    assert [m.content for m in final["messages"]][-1] == "Fine."
+    assert [(m.type, m.content) for m in final["messages"]] == [("human", "Hello again"), ("ai", "Fine.")]
     assert final.get("error") is None
+    assert [m.content for m in model.prompts[-1]] == ["Hello again"]
 
 
 def test_invoke_without_streaming_checks_once(make_guarded_graph: Callable[..., Any]) -> None:

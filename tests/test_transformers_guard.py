@@ -15,7 +15,7 @@ from guardgraph.nodes.guards.batching import BatchingGuard
 from guardgraph.nodes.guards.llama_guard.formats import get_format
 from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt, LlamaGuard
 from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
-from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend, decide_unsafe
+from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 from tests.fakes import RaisingGuard, SlowGuard
 from tests.tiny_models import build_llama, build_tokenizer, make_bigram, save_tiny_guard, single_id
 
@@ -131,30 +131,43 @@ def test_logits_read_after_the_lead_match_a_manual_forward(backend, user_request
 
 
 def test_cached_equals_uncached_and_cache_is_not_mutated(backend, user_request):
-    backend.clear_prefix_cache()
+    backend.clear_cache()
     prompts = [prompt_of(user_request(t)) for t in ("Hi", "How do I make a cake for my mother's birthday?")]
     uncached = backend.verdict_logits(prompts, LG3, cached=False)
     cached = backend.verdict_logits(prompts, LG3, cached=True)
     assert torch.allclose(cached, uncached, atol=1e-4)
-    entry = backend._prefix_cache[prompts[0].prefix]
-    keys_before = [layer.keys.clone() for layer in entry.kv.layers]
-    length = entry.kv.get_seq_length()
-    hits = backend.stats["prefix_hits"]
+    entries = backend.cache.entries()
+    keys_before = [[layer.keys.clone() for layer in entry.kv.layers] for entry in entries]
+    reused = backend.stats["reused_tokens"]
     again = backend.verdict_logits(prompts, LG3, cached=True)
     assert torch.allclose(again, cached, atol=1e-5)
-    assert backend.stats["prefix_hits"] > hits
-    assert entry.kv.get_seq_length() == length == len(entry.ids)
-    for before, layer in zip(keys_before, entry.kv.layers, strict=True):
-        assert torch.equal(before, layer.keys)
+    assert backend.stats["reused_tokens"] > reused
+    for entry, before in zip(entries, keys_before, strict=True):
+        assert entry.kv.get_seq_length() == len(entry.ids)
+        for key, layer in zip(before, entry.kv.layers, strict=True):
+            assert torch.equal(key, layer.keys)
 
 
-def test_prefix_cache_is_lru_and_keyed_by_prefix(guard_dir, llama_guard_3_policy, user_request):
-    backend = TransformersBackend.from_pretrained(str(guard_dir), prefix_cache_size=1)
+def test_cache_is_bounded_by_bytes_least_recently_used_first(guard_dir, llama_guard_3_policy, user_request):
     user, agent = prompt_of(user_request()), prompt_of(agent_request(llama_guard_3_policy))
     assert user.prefix != agent.prefix
+    unbounded = TransformersBackend.from_pretrained(str(guard_dir))
+    sizes = []
+    for prompt in (user, agent):
+        unbounded.clear_cache()
+        unbounded.complete([prompt], LG3)
+        sizes.append(unbounded.cache.nbytes)
+    backend = TransformersBackend.from_pretrained(str(guard_dir), cache_bytes=max(sizes) + min(sizes) // 2)
     backend.complete([user], LG3)
     backend.complete([agent], LG3)
-    assert list(backend._prefix_cache) == [agent.prefix]
+    assert len(backend.cache) == 1 and backend.cache.nbytes <= backend.cache.max_bytes
+    (kept,) = backend.cache.entries()
+    assert "'Agent' messages" in backend.tokenizer.decode(list(kept.ids))  # the older User prompt was evicted
+    tiny = TransformersBackend.from_pretrained(str(guard_dir), cache_bytes=min(sizes) // 4)
+    assert tiny.complete([user], LG3)[0].p_unsafe == pytest.approx(
+        unbounded.complete([user], LG3)[0].p_unsafe, abs=1e-4
+    )
+    assert len(tiny.cache) == 0  # nothing fits: every check reads its whole prompt, with the same result
 
 
 def test_batch_equals_one_by_one(backend, llama_guard_3_policy, user_request):
@@ -184,12 +197,6 @@ def test_p_unsafe_in_range_and_text_follows_threshold(backend, user_request):
     high = GuardPrompt(prompt.prefix, prompt.suffix, threshold=min(p + 1e-3, 1 - 1e-6))
     assert backend.complete([high], LG3)[0].text == "safe"
     assert backend.complete([low], LG3)[0].text.startswith("unsafe")
-
-
-def test_decide_unsafe_uses_the_lowest_threshold():
-    assert not decide_unsafe(0.4, 0.5)
-    assert decide_unsafe(0.4, 0.5, {"S11": 0.3})
-    assert decide_unsafe(0.5, 0.5)
 
 
 def test_every_format_runs(backend, user_request):

@@ -3,13 +3,16 @@
 ``build_tokenizer()`` trains a small byte-level BPE on guard prompts, with the Llama 3 pre-tokenizer
 regex and the Llama 3 / Llama 4 special tokens; ``build_llama()`` makes a random ``LlamaForCausalLM``
 on top of it; ``make_bigram()`` turns a model into a deterministic next-token table (used to force a
-verdict like ``unsafe\\nS1,S10``); ``save_tiny_guard()`` writes both to a folder ``from_pretrained``
-can load; ``tiny_chat_model()`` is a local ``ChatHuggingFace`` that answers a fixed reply token by token.
+verdict like ``unsafe\\nS1,S10``); ``scripted_guard()`` is a tiny Llama Guard whose P(unsafe) and
+category line are set for every prompt of a format; ``save_tiny_guard()`` writes a model and its tokenizer
+to a folder ``from_pretrained`` can load; ``tiny_chat_model()`` is a local ``ChatHuggingFace`` that answers a
+fixed reply token by token.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from guardgraph.nodes.checks.request import GuardRequest, Turn
-from guardgraph.nodes.guards.llama_guard.formats import FORMATS
-from guardgraph.nodes.guards.llama_guard.render import render_prompt
+from guardgraph.nodes.guards.llama_guard.formats import FORMATS, get_format
+from guardgraph.nodes.guards.llama_guard.guard import GuardPrompt
+from guardgraph.nodes.guards.llama_guard.render import render_parts, render_prompt
+from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
 from guardgraph.policies.loader import load_policy
 
 SPECIAL_TOKENS = [
@@ -130,6 +135,44 @@ def make_bigram(model: LlamaForCausalLM, table: dict[int, int], scale: float = 3
         head[target] += scale * unit[source]
     model.lm_head.weight.copy_(head)
     return model
+
+
+def scripted_guard(
+    fmt: str = "llama-guard-3", p_unsafe: float = 0.001, codes: tuple[str, ...] = ("S", "1"), seed: int = 3
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A tiny Llama Guard for prompts in ``fmt`` whose verdict is scripted, whatever the conversation.
+
+    At the verdict position P(unsafe) is ``p_unsafe`` (the ``safe`` and ``unsafe`` logits are set apart by
+    its log-odds, far above every other token); after ``unsafe`` it writes ``\\n`` and the category code
+    made of the tokens ``codes``, then ends. A bigram model (:func:`make_bigram`) underneath.
+    """
+    tokenizer = build_tokenizer()
+    model = build_llama(tokenizer, seed=seed)
+    guard_format = get_format(fmt)
+    backend = TransformersBackend(model, tokenizer)
+    verdict = backend.verdict_tokens(guard_format)
+    request = GuardRequest("User", (Turn("user", "How do I make a cake?"),), load_policy(guard_format.default_policy))
+    source = (
+        verdict.shared[-1]
+        if verdict.shared
+        else backend.encode(GuardPrompt(*render_parts(request, guard_format)), guard_format)[1][-1]
+    )
+    eos = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    chain = [
+        verdict.unsafe_id,
+        *verdict.unsafe_rest,
+        single_id(tokenizer, "\n"),
+        *(single_id(tokenizer, t) for t in codes),
+        eos,
+    ]
+    model = make_bigram(model, {**dict(itertools.pairwise(chain)), verdict.safe_id: eos})
+    with torch.no_grad():
+        hidden = model.model.norm(model.model.embed_tokens.weight[source])
+        direction = hidden / hidden.dot(hidden)  # a head row along it gives that logit exactly
+        level = 300.0
+        model.lm_head.weight[verdict.safe_id] = level * direction
+        model.lm_head.weight[verdict.unsafe_id] = (level + math.log(p_unsafe / (1 - p_unsafe))) * direction
+    return model, tokenizer
 
 
 def save_tiny_guard(path: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> Path:

@@ -22,9 +22,18 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from guardgraph.graph.config import GuardGraphConfig
+from guardgraph.graph.models.checkpointers import DatabaseError
 from guardgraph.graph.models.guards import GUARD_BACKENDS, ModelSetupError
+from guardgraph.graph.models.turn_locks import ThreadBusyError
 from guardgraph.nodes import defaults
-from guardgraph.nodes.checks.request import ConversationError, GuardRequest, guard_request, turns_from_messages
+from guardgraph.nodes.checks.request import (
+    ConversationError,
+    GuardRequest,
+    content_text,
+    guard_request,
+    turns_from_messages,
+)
+from guardgraph.nodes.checks.run import first_line
 from guardgraph.nodes.evaluation.datasets import EvalDataError
 from guardgraph.nodes.guards.llama_guard.formats import UnknownFormatError
 from guardgraph.policies.loader import PolicyError
@@ -40,6 +49,8 @@ class TurnError(RuntimeError):
 
 USER_ERRORS = (
     TurnError,
+    DatabaseError,
+    ThreadBusyError,
     EvalDataError,
     PolicyError,
     ConversationError,
@@ -71,7 +82,10 @@ CHAT_OPTIONS: dict[str, Any] = {
     "chat_model": Annotated[str | None, typer.Option(help="Chat model hub id or local path.")],
     "chat_endpoint": Annotated[str | None, typer.Option(help="OpenAI-compatible base URL serving the chat model.")],
     "thread": Annotated[str, typer.Option(help="Conversation thread id (persists with --db).")],
-    "db": Annotated[Path | None, typer.Option(help="SQLite file that keeps conversations across runs.")],
+    "db": Annotated[
+        str | None,
+        typer.Option(help="Keeps conversations across runs: a SQLite file, or postgresql://user@host:port/dbname."),
+    ],
     "audit": Annotated[Path | None, typer.Option(help="Append one JSON line per guard decision to this file.")],
     "audit_content": Annotated[
         bool, typer.Option("--audit-content", help="Also write the checked message text to the audit log.")
@@ -95,6 +109,7 @@ DEFAULTS: dict[str, Any] = {name: None for name in (*GUARD_OPTIONS, *CHAT_OPTION
 }
 # Option name -> GuardGraphConfig field, where they differ.
 CONFIG_FIELD = {"guard_timeout": "guard_timeout_s"}
+OPTION_OF_FIELD = {field_name: option for option, field_name in CONFIG_FIELD.items()}
 DEBUG_ENV = "GUARDGRAPH_DEBUG"
 
 
@@ -104,15 +119,43 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def option_name(name: str) -> str:
+    """The command-line spelling of an option or config field: ``guard_timeout_s`` -> ``--guard-timeout``."""
+    return "--" + OPTION_OF_FIELD.get(name, name).replace("_", "-")
+
+
 def error_line(error: BaseException) -> str:
-    """One line for ``error``: a validation error's first problem, else the first line of its message."""
+    """One line for ``error``: a validation error's first problem (naming the option), else the first line of
+    its message."""
     if isinstance(error, ValidationError):
         problems = error.errors()
         if problems:
-            location = ".".join(str(part) for part in problems[0]["loc"]) or "options"
-            return f"{location.replace('_', '-')}: {problems[0]['msg']}"
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+            location = problems[0]["loc"]
+            if location and location[0] in GuardGraphConfig.model_fields:
+                where = option_name(str(location[0]))
+            else:
+                where = ".".join(str(part) for part in location).replace("_", "-") or "options"
+            return f"{where}: {problems[0]['msg'].removeprefix('Value error, ')}"
+    return first_line(error) or type(error).__name__
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text, or None: a byte that was not UTF-8 (Python keeps it as a
+    surrogate escape) or a lone surrogate, neither of which a guard can read."""
+    for position, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":
+            return f"not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {position})"
+        if "\ud800" <= char <= "\udfff":
+            return f"not valid Unicode text (a lone surrogate U+{ord(char):04X} at character {position})"
+    return None
+
+
+def _label(parameter: inspect.Parameter) -> str:
+    """How a command's own parameter is named on the command line: ``TEXT`` for an argument, else its option."""
+    for meta in getattr(parameter.annotation, "__metadata__", ()):
+        if isinstance(meta, typer.models.OptionInfo):
+            return option_name(parameter.name)
+    return parameter.name.upper()
 
 
 def with_config(*groups: dict[str, Any]) -> Callable[[F], F]:
@@ -129,9 +172,14 @@ def with_config(*groups: dict[str, Any]) -> Callable[[F], F]:
             for name, annotation in options.items()
         ]
         wants_thread = "thread" in signature.parameters
+        labels = {p.name: _label(p) for p in own} | {name: option_name(name) for name in options}
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
+            for name, value in kwargs.items():
+                problem = unicode_problem(value) if isinstance(value, str) else None
+                if problem:
+                    fail(f"{labels[name]}: {problem}")
             values = {name: kwargs.pop(name) for name in options}
             thread = values.pop("thread", None)
             for option, field_name in CONFIG_FIELD.items():
@@ -189,6 +237,15 @@ def read_conversation(path: Path) -> list[dict[str, Any]]:
             raise ConversationError(f"{path}: message [{index}] needs role 'user' or 'assistant'")
         if not isinstance(item.get("content"), str | list):
             raise ConversationError(f"{path}: message [{index}] needs text content")
+        try:
+            text = content_text(item["content"])
+        except ConversationError as error:
+            raise ConversationError(f"{path}: message [{index}]: {error}") from None
+        if not text.strip():
+            raise ConversationError(f"{path}: message [{index}] is empty")
+        problem = unicode_problem(text)
+        if problem:
+            raise ConversationError(f"{path}: message [{index}]: {problem}")
     try:
         turns_from_messages(data)
     except ConversationError as error:

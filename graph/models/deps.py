@@ -5,11 +5,10 @@ from __future__ import annotations
 from guardgraph.graph.builder import GuardedChatDeps
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.graph.models.chat import chat_model_for
-from guardgraph.graph.models.guards import build_guard
+from guardgraph.graph.models.guards import build_guard, enforce_policy
 from guardgraph.nodes.checks.audit import AuditLog
 from guardgraph.nodes.checks.run import GuardSettings
 from guardgraph.nodes.guards.base import Guard
-from guardgraph.nodes.guards.windowed import windowed
 
 
 def guard_settings(config: GuardGraphConfig, audit: AuditLog | None = None) -> GuardSettings:
@@ -26,9 +25,10 @@ def guard_settings(config: GuardGraphConfig, audit: AuditLog | None = None) -> G
 
 
 def build_deps(config: GuardGraphConfig, guard: Guard | None = None) -> GuardedChatDeps:
-    """Load the policy and models for ``config``; one guard instance (``guard`` if given) serves both roles."""
+    """Load the policy and models for ``config``; one guard instance serves both roles: ``guard`` if given
+    (through the same combinators as a built one), else the one the config selects."""
     policy = config.load_policy()
-    guard = windowed(guard) if guard is not None else build_guard(config, policy)
+    guard = enforce_policy(guard) if guard is not None else build_guard(config, policy)
     settings = guard_settings(config)
     return GuardedChatDeps(
         chat_model=chat_model_for(config),

@@ -13,9 +13,11 @@
   to ``/api/generate`` raw: Ollama's own template for Llama Guard lists fixed categories, so a chat call
   would drop the policy. Needs ``pip install 'guardgraph[ollama]'``.
 
-Every guard is wrapped so that long text is checked in windows (``guardgraph.nodes.guards.windowed``)
-and, with ``guard_batch_window_ms`` > 0, concurrent checks share batched calls
-(``guardgraph.nodes.guards.batching``).
+Every guard goes through the same combinators (:func:`enforce_policy`), innermost first: the policy's
+thresholds applied to each verdict (``guardgraph.nodes.guards.thresholds``); with
+``guard_batch_window_ms`` > 0, concurrent checks sharing batched calls (``guardgraph.nodes.guards.batching``);
+long text checked in windows (``guardgraph.nodes.guards.windowed``); and the policy's example-defined
+categories merged into the verdict (``guardgraph.nodes.guards.examples``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from collections.abc import Callable
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.batching import BatchingGuard
+from guardgraph.nodes.guards.examples import ExampleGuard, with_examples
 from guardgraph.nodes.guards.llama_guard.guard import CompletionBackend, LlamaGuard
+from guardgraph.nodes.guards.thresholds import with_thresholds
 from guardgraph.nodes.guards.windowed import windowed
 from guardgraph.policies.model import Policy
 
@@ -104,16 +108,27 @@ def backend_name(config: GuardGraphConfig) -> str:
 
 
 def build_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
-    """The guard the config selects, wrapped for long text (and batching, when asked for)."""
+    """The guard the config selects, through the combinators every guard goes through."""
     config.resolved_guard_format(policy)  # an unknown --guard-format is an error for every backend
     name = backend_name(config)
     factory = GUARD_BACKENDS.get(name)
     if factory is None:
         raise ModelSetupError(f"--guard-backend {name}: use one of {', '.join(GUARD_BACKENDS)}")
-    guard = factory(config, policy)
-    if config.guard_batch_window_ms > 0:
-        guard = BatchingGuard(guard, max_wait_ms=config.guard_batch_window_ms)
-    return windowed(guard)
+    guard = enforce_policy(factory(config, policy), config.guard_batch_window_ms)
+    if isinstance(guard, ExampleGuard):
+        guard.prepare(policy)  # the encoder loads with the other models, not at the first check
+    return guard
+
+
+def enforce_policy(guard: Guard, batch_window_ms: float = 0.0) -> Guard:
+    """``guard`` with the policy's thresholds, batching (``batch_window_ms`` > 0), windows for long text and
+    the policy's example-defined categories; a guard already wrapped is returned as it is."""
+    if isinstance(guard, ExampleGuard):
+        return guard
+    guard = with_thresholds(guard)
+    if batch_window_ms > 0:
+        guard = BatchingGuard(guard, max_wait_ms=batch_window_ms)
+    return with_examples(windowed(guard))
 
 
 def llama_guard(backend: CompletionBackend, config: GuardGraphConfig, policy: Policy) -> Guard:

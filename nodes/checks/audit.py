@@ -2,16 +2,21 @@
 
 Each record holds: ``time`` (UTC, ISO 8601), ``thread``, ``role``, ``policy`` (name), ``policy_sha256``
 (sha256 of the policy's canonical JSON), ``guard`` (the guard's name: format and model), ``outcome``
-(safe, unsafe, error, bypass, unparseable), ``categories``, ``score``, ``latency_ms``, ``enforced``
+(safe, unsafe, error, bypass, unparseable), ``categories``, ``flagged_by`` (which part flagged it: ``guard``,
+``examples`` or ``both``; null when nothing did), ``score``, ``latency_ms``, ``enforced``
 (False in shadow mode), ``blocked``, ``reason``, and, only when ``include_content`` is set (CLI
 ``--audit-content``), ``content``: the checked message text.
 
-Writes: the file is opened with ``O_APPEND`` and each record is ONE ``os.write`` of one complete line,
-under a process-wide lock per path, so lines from threads and from several processes never interleave.
+Writes: the file is opened with ``O_APPEND`` and each record is one complete line, written with one
+``os.write`` while holding a lock per path in this process and an exclusive ``flock`` on the file across
+processes; so lines from threads and from several worker processes sharing one file never interleave or
+tear, whatever their length. A writer killed in the middle of its line leaves at most that fragment: the
+next writer starts its record on a new line, so no whole record is ever joined to it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -75,6 +80,7 @@ class AuditLog:
             "guard": verdict.guard or getattr(guard, "name", None),
             "outcome": verdict.outcome.value,
             "categories": verdict.codes,
+            "flagged_by": verdict.flagged_by,
             "score": verdict.score,
             "latency_ms": round(verdict.latency_ms, 3),
             "enforced": verdict.enforced,
@@ -91,10 +97,14 @@ class AuditLog:
     def write(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer died mid-line
+                    line = b"\n" + line
                 written = os.write(fd, line)
-                while written < len(line):  # only on exotic file systems; never split under the lock
+                while written < len(line):  # only on exotic file systems; the lock keeps it whole
                     written += os.write(fd, line[written:])
             finally:
                 os.close(fd)

@@ -15,6 +15,7 @@ empty message) is rejected whatever the modes say: that is bad input, not an und
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,10 @@ from guardgraph.nodes.checks.request import ConversationError, GuardRequest, gua
 from guardgraph.nodes.checks.verdict import BAD_INPUT, Outcome, Role, Verdict, undecided_verdict
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.policies.model import Policy
+
+logger = logging.getLogger(__name__)
+# Stands for the reply in a warm-up request: a warm-up reads only what comes before the reply's text.
+ANY_REPLY = "..."
 
 
 class GuardTimeoutError(TimeoutError):
@@ -72,6 +77,22 @@ def check(
     return run_guard(guard, request, settings, thread_id)
 
 
+def warm_reply_check(guard: Guard, messages: Sequence[object], policy: Policy, settings: GuardSettings) -> None:
+    """Let ``guard`` compute ahead what every check of a reply to ``messages`` reads first (the policy and
+    the conversation before the reply), where it can (``warm``; see ``LlamaGuard.warm``).
+
+    It decides nothing: every check of the reply still runs in full and fails closed, so a warm-up that
+    fails is only logged.
+    """
+    warm = getattr(guard, "warm", None)
+    if warm is None:
+        return
+    try:
+        warm(guard_request("Agent", messages, policy, settings.window_turns, reply=ANY_REPLY))
+    except Exception as error:  # a missed warm-up only costs time
+        logger.debug("guard warm-up failed: %s: %s", type(error).__name__, error)
+
+
 def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thread_id: str | None = None) -> Verdict:
     """Ask the guard (bounded by the timeout); failures become ERROR verdicts; modes applied; audited."""
     started = time.perf_counter()
@@ -82,7 +103,7 @@ def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thre
             raise TypeError(f"the guard returned {type(verdict).__name__}, not a Verdict")
     except Exception as error:  # a guard that breaks must never let content through silently
         elapsed = (time.perf_counter() - started) * 1000
-        verdict = undecided_verdict(request.role, name, f"{type(error).__name__}: {error}", latency_ms=elapsed)
+        verdict = undecided_verdict(request.role, name, error_reason(error), latency_ms=elapsed)
     else:
         if not verdict.latency_ms:
             verdict = verdict.with_updates(latency_ms=(time.perf_counter() - started) * 1000)
@@ -90,6 +111,28 @@ def run_guard(guard: Guard, request: GuardRequest, settings: GuardSettings, thre
     if settings.audit is not None:
         settings.audit.record(verdict, request=request, thread_id=thread_id, guard=guard)
     return verdict
+
+
+def error_reason(error: BaseException) -> str:
+    """``Type: message`` of ``error``, followed by its root cause when there is one underneath (a client's
+    "Connection error." says little; the refused connection under it says what an operator must fix)."""
+    root, seen = error, {id(error)}
+    while (below := root.__cause__ or root.__context__) is not None and id(below) not in seen:
+        root = below
+        seen.add(id(root))
+    cause = f" ({_headline(root)})" if root is not error and first_line(root) else ""
+    return _headline(error) + cause
+
+
+def _headline(error: BaseException) -> str:
+    line = first_line(error)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def call_with_timeout(func: Callable[[], Verdict], timeout_s: float | None) -> Verdict:

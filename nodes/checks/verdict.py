@@ -7,7 +7,20 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Role = Literal["User", "Agent"]
+# Which part of a guard flagged content: the guard model, the policy's examples (``guards/examples.py``), both.
+FlaggedBy = Literal["guard", "examples", "both"]
 BAD_INPUT = "input_error"  # metadata flag: the content itself could not be checked (no mode lets it through)
+# The most of a guard's raw answer and of a reason a verdict keeps: verdicts are stored in the thread, written
+# to the audit log and printed, and a broken guard may answer megabytes.
+TEXT_LIMIT = 2000
+
+
+def capped(text: str | None, limit: int = TEXT_LIMIT) -> str | None:
+    """``text`` in at most ``limit`` characters: cut, when longer, with a marker saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    marker = f"... [cut: {len(text)} characters in all]"
+    return text[: limit - len(marker)] + marker
 
 
 class Outcome(StrEnum):
@@ -41,7 +54,12 @@ class Verdict:
     raw: str | None = None
     reason: str | None = None
     enforced: bool = True
+    flagged_by: FlaggedBy | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "raw", capped(self.raw))
+        object.__setattr__(self, "reason", capped(self.reason))
 
     @property
     def blocks(self) -> bool:

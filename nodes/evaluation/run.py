@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import Outcome, Verdict, undecided_verdict
 from guardgraph.nodes.evaluation.datasets import EvalRow, Label, LoadedRows, load_rows
 from guardgraph.nodes.evaluation.metrics import EvalMetrics, compute_metrics, precision_recall_curve
@@ -96,30 +97,36 @@ def predict_rows(
     progress: ProgressCallback | None = None,
     window_turns: int | None = None,
 ) -> list[Prediction]:
-    """Check every row with ``guard.check_batch`` in batches; ``progress(done, total)`` after each batch.
+    """Check every row (:func:`check_in_batches`); ``progress(done, total)`` after each batch."""
+    verdicts = check_in_batches(guard, [row.request(policy, window_turns) for row in rows], batch_size, progress)
+    return [predict(row, verdict) for row, verdict in zip(rows, verdicts, strict=True)]
 
-    A batch whose ``check_batch`` raises becomes error verdicts (predicted unsafe, fail closed) rather than
-    aborting a long run; the metrics count them under ``outcomes``.
+
+def check_in_batches(
+    guard: Guard, requests: Sequence[GuardRequest], batch_size: int = 8, progress: ProgressCallback | None = None
+) -> list[Verdict]:
+    """Every request's verdict, asked with ``guard.check_batch`` in batches; ``progress(done, total)`` after each.
+
+    A batch whose ``check_batch`` raises becomes error verdicts (they block: fail closed) rather than
+    aborting a long run.
     """
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
-    predictions: list[Prediction] = []
-    total = len(rows)
+    verdicts: list[Verdict] = []
     guard_name = getattr(guard, "name", type(guard).__name__)
-    for start in range(0, total, batch_size):
-        batch = rows[start : start + batch_size]
-        requests = [row.request(policy, window_turns) for row in batch]
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
         try:
-            verdicts = guard.check_batch(requests)
-            if len(verdicts) != len(requests):
-                raise RuntimeError(f"{len(verdicts)} verdicts for {len(requests)} requests")
+            answers = guard.check_batch(batch)
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} verdicts for {len(batch)} requests")
         except Exception as error:  # fail closed, keep going
             reason = f"{type(error).__name__}: {error}"
-            verdicts = [undecided_verdict(request.role, guard_name, reason) for request in requests]
-        predictions.extend(predict(row, verdict) for row, verdict in zip(batch, verdicts, strict=True))
+            answers = [undecided_verdict(request.role, guard_name, reason) for request in batch]
+        verdicts.extend(answers)
         if progress is not None:
-            progress(len(predictions), total)
-    return predictions
+            progress(len(verdicts), len(requests))
+    return verdicts
 
 
 @dataclass

@@ -6,7 +6,8 @@ whitespace, so sentences and words stay whole); each window is checked as the la
 turns as context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
 inner guard in ONE ``check_batch``, each distinct window once. The message's verdict is the worst window's:
 unsafe if any window is unsafe (categories merged, max score), else error/unparseable if any window is, else
-safe.
+safe. Windows checked recently are not checked again (``guardgraph.nodes.guards.incremental``): as a streamed
+reply grows, each chunk check sends only the windows with new text to the inner guard.
 
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
@@ -21,6 +22,7 @@ from typing import Any
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.guards.incremental import IncrementalWindows
 from guardgraph.nodes.guards.sentences import sentence_breaks
 
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
@@ -125,8 +127,11 @@ class WindowedGuard:
         window_chars: int | None = None,
         overlap_chars: int | None = None,
         context_chars: int | None = None,
+        *,
+        incremental: bool = True,
     ) -> None:
         self.inner = inner
+        self._windows: Guard = IncrementalWindows(inner) if incremental else inner
         self.name = inner.name
         declared = getattr(inner, "max_input_chars", None)
         tokens = getattr(inner, "context_tokens", None)
@@ -166,7 +171,7 @@ class WindowedGuard:
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         plans = [self.windows_of(request) for request in requests]
         flat = [window for plan in plans for window in plan]
-        verdicts = check_distinct(self.inner, flat)
+        verdicts = check_distinct(self._windows, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
         results: list[Verdict] = []
@@ -181,6 +186,12 @@ class WindowedGuard:
         import asyncio
 
         return await asyncio.to_thread(self.check, request)
+
+    def warm(self, request: GuardRequest) -> None:
+        """Warm the inner guard (if it can) with the context its windows of ``request`` will have."""
+        warm = getattr(self.inner, "warm", None)
+        if warm is not None:
+            warm(self.windows_of(request)[0])
 
 
 def combine(verdicts: Sequence[Verdict]) -> Verdict:
@@ -228,8 +239,8 @@ def check_distinct(guard: Guard, requests: Sequence[GuardRequest]) -> list[Verdi
     return out
 
 
-def windowed(guard: Guard, **sizes: int | None) -> Guard:
-    """``guard`` wrapped in a :class:`WindowedGuard` (once: wrapping twice is a no-op)."""
+def windowed(guard: Guard, **options: Any) -> Guard:
+    """``guard`` wrapped in a :class:`WindowedGuard` with ``options`` (once: wrapping twice is a no-op)."""
     if isinstance(guard, WindowedGuard):
         return guard
-    return WindowedGuard(guard, **sizes)
+    return WindowedGuard(guard, **options)

@@ -2,8 +2,10 @@
 
 The input guard node starts the chat model speculatively (``nodes/speculation.py``) so generation
 overlaps the input check; if the input is unsafe the generation is cancelled and its tokens are dropped
-unseen. Until its first text piece, a local model also reports the text held back so far
-(``Lookahead``) so that the first chunk's output check can start a decoding step early (``precheck.py``).
+unseen. Cancelling also wakes the consumer at once, which gets :class:`GenerationCancelled` rather than a
+reply cut short; :func:`cancel_generations` is what an interrupt (Ctrl-C) does to every running one.
+Until its first text piece, a local model also reports the text held back so far (``Lookahead``) so
+that the first chunk's output check can start a decoding step early (``precheck.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from guardgraph.nodes.checks.request import content_text
 from guardgraph.nodes.streaming.precheck import Lookahead
 
 _DONE = object()
+_CANCELLED = object()
 
 
 class GenerationCancelled(Exception):
-    """Raised inside the producer when the consumer no longer wants tokens."""
+    """The generation was cancelled before it finished: what it wrote is not a reply."""
 
 
 def _local_pipeline(model: BaseChatModel) -> Any | None:
@@ -76,13 +79,22 @@ def _generate_locally(
 _LIVE: weakref.WeakSet[BackgroundGeneration] = weakref.WeakSet()
 
 
-@atexit.register
-def _stop_live_generations() -> None:
-    """At exit, end running generations so no model thread is cut off inside torch."""
+def cancel_generations() -> None:
+    """Cancel every generation running in this process (what Ctrl-C means in the CLI)."""
     for generation in list(_LIVE):
         generation.cancel()
+
+
+@atexit.register
+def _stop_live_generations() -> None:
+    """At exit, end running generations; wait for local ones so no model thread is cut off inside torch.
+
+    A remote stream's thread is a daemon blocked on the network at worst: it is not waited for.
+    """
+    cancel_generations()
     for generation in list(_LIVE):
-        generation.join(timeout_s=10.0)
+        if generation.local:
+            generation.join(timeout_s=10.0)
 
 
 class BackgroundGeneration:
@@ -92,6 +104,7 @@ class BackgroundGeneration:
         self._queue: queue.Queue[object] = queue.Queue()
         self._cancel = threading.Event()
         self.started_at = time.perf_counter()
+        self.local = _local_pipeline(model) is not None
         self._thread = threading.Thread(target=self._produce, args=(model, list(messages)), daemon=True)
         _LIVE.add(self)
         self._thread.start()
@@ -123,8 +136,10 @@ class BackgroundGeneration:
                 close()
 
     def cancel(self) -> None:
-        """Stop generating; whatever was produced is dropped."""
-        self._cancel.set()
+        """Stop generating; whatever was produced is dropped and a waiting consumer wakes at once."""
+        if not self._cancel.is_set():
+            self._cancel.set()
+            self._queue.put(_CANCELLED)
 
     @property
     def cancelled(self) -> bool:
@@ -140,9 +155,14 @@ class BackgroundGeneration:
                 yield item
 
     def pieces(self) -> Iterator[str | Lookahead]:
-        """Like :meth:`tokens`, with the ``Lookahead`` items that precede the first piece."""
+        """Like :meth:`tokens`, with the ``Lookahead`` items that precede the first piece.
+
+        Raises :class:`GenerationCancelled` once the generation is cancelled, whatever is still queued.
+        """
         while True:
             item = self._queue.get()
+            if item is _CANCELLED or self._cancel.is_set():
+                raise GenerationCancelled("the reply was stopped before it was complete")
             if item is _DONE:
                 return
             if isinstance(item, BaseException):

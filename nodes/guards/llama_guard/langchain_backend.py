@@ -54,6 +54,8 @@ class LangChainBackend:
         self.name = name or type(model).__name__
         self.call_kwargs = dict(call_kwargs or {})
         self.bos = bos
+        # A chat model wraps the text in its own template: it cannot be asked to continue a prompt.
+        self.continues_prompts = not isinstance(model, BaseChatModel)
 
     def prompt_text(self, prompt: GuardPrompt) -> str:
         return strip_bos(prompt.text) if self.bos == "strip" else prompt.text

@@ -46,13 +46,18 @@ def _normalize_code(token: str, letter: str) -> str | None:
 
 
 def parse_verdict(text: str, policy: Policy) -> ParsedVerdict:
-    """``safe`` / ``unsafe\\nS1,S2`` -> an outcome; anything else is UNPARSEABLE, never safe."""
+    """``safe`` / ``unsafe\\nS1,S2`` -> an outcome; anything else (``safe`` followed by more text, such as
+    category codes, included) is UNPARSEABLE, never safe."""
     cleaned = _clean(text)
     if not cleaned:
         return ParsedVerdict(Outcome.UNPARSEABLE, reason="the guard returned no text")
     first, _, rest = cleaned.partition("\n")
     word = first.strip().lower()
     if word == "safe":
+        # Llama Guard writes nothing after "safe": more (such as category codes) contradicts it.
+        extra = rest.strip()
+        if extra:
+            return ParsedVerdict(Outcome.UNPARSEABLE, reason=f"the guard said 'safe' and then wrote {extra[:80]!r}")
         return ParsedVerdict(Outcome.SAFE)
     if word != "unsafe":
         return ParsedVerdict(Outcome.UNPARSEABLE, reason=f"expected 'safe' or 'unsafe', got {first[:80]!r}")

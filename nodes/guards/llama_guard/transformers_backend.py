@@ -1,4 +1,4 @@
-"""Llama Guard run through transformers directly: prefix KV cache, single-pass verdict, batching.
+"""Llama Guard run through transformers directly: token-prefix KV cache, single-pass verdict, batching.
 
 ``TransformersBackend`` implements ``CompletionBackend`` (see ``guardgraph.nodes.guards.llama_guard.guard``):
 
@@ -7,27 +7,32 @@
   ``split_special_tokens=True`` so a user typing ``<|eot_id|>`` gets plain-text ids, never the
   special id. The prefix (policy block) is tokenized on its own, then the conversation, then the
   template tail (from its first special token).
-- **Prefix KV cache.** The prefix depends only on (format, policy, role); its keys and values are
-  computed once and kept in an LRU keyed by the prefix text. Each call runs only the suffix tokens on
-  top of a per-call shallow copy of the cache (the stored tensors are never written to).
+- **Token-prefix KV cache** (``kv_cache.py``). Each check looks up the cached token sequence sharing
+  the longest prefix of token ids with its prompt (the policy block, the conversation, the reply up to
+  the previous chunk) and runs only the tokens after it, on top of a per-call view of the cached keys
+  and values (the stored tensors are never written to). Afterwards it keeps its own keys and values up
+  to the end of the conversation (``GuardPrompt.stable_chars``), so the next chunk of a streamed reply
+  pays its new tokens and the template tail. Memory is bounded (LRU by bytes, ``cache_bytes``, default
+  :data:`DEFAULT_MAX_BYTES`). ``reuse="policy"`` keeps only the policy block (every check re-reads the
+  conversation): the baseline the bench compares against. ``warm()`` computes a prompt's beginning
+  ahead of time (the conversation before a reply exists).
 - **Single-pass verdict.** ``fmt.verdict_lead`` (``\\n\\n`` for Llama Guard 3/4) and any first pieces
   shared by ``safe`` and ``unsafe`` are appended to the suffix; one forward pass reads the logits of the
   first differing ``safe``/``unsafe`` tokens at the last position; P(unsafe) is the softmax over those
-  two. Only when P(unsafe) reaches the threshold does the backend greedily generate the category line
-  (at most ``max_new_tokens``), continuing from the same cache.
-- **Batching.** ``complete()`` groups prompts by prefix and runs each group as one batch: suffixes are
-  padded on the left *between* the cached prefix and the suffix (masked out, position ids continue
-  from the prefix), so every row's verdict position is the last column.
+  two. Only when P(unsafe) reaches the prompt's threshold (the policy's lowest) does the backend greedily
+  generate the category line (at most ``max_new_tokens``), continuing from the same cache; the policy's
+  thresholds are applied to the verdict afterwards, as for every guard (``nodes/guards/thresholds.py``).
+- **Batching.** ``complete()`` runs prompts that reuse the same cached entry as one batch: the remaining
+  tokens are padded on the left *between* the cached part and them (masked out, position ids continue
+  from the cached part), so every row's verdict position is the last column.
 - ``mode="naive"`` is the baseline: full prompt, no cache, ``model.generate`` of the whole verdict.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,8 +40,18 @@ import torch
 
 from guardgraph.nodes.guards.llama_guard.formats import GuardFormat
 from guardgraph.nodes.guards.llama_guard.guard import Completion, GuardPrompt
+from guardgraph.nodes.guards.llama_guard.kv_cache import (
+    DEFAULT_MAX_BYTES,
+    CachedTokens,
+    Match,
+    TokenPrefixCache,
+    cache_view,
+    row_cache,
+    shared_length,
+)
 
 Mode = Literal["optimized", "naive"]
+Reuse = Literal["tokens", "policy"]
 
 
 @dataclass(frozen=True)
@@ -55,23 +70,25 @@ class VerdictTokens:
     unsafe_rest: tuple[int, ...]
 
 
-@dataclass
-class _PrefixEntry:
-    ids: list[int]
-    kv: Any  # a transformers Cache holding the prefix keys and values (batch 1), never written to
-
-
 @dataclass(frozen=True)
-class _Encoded:
-    prefix: str
-    prefix_ids: list[int]
-    suffix_ids: list[int]
+class _Row:
+    """One prompt as the model reads it: ``ids`` (prefix, suffix, verdict lead), the policy prefix's length,
+    and how many leading ids later prompts of the same conversation are expected to share (``keep``)."""
+
+    ids: list[int]
+    prefix_len: int
+    keep: int
 
 
-def decide_unsafe(p_unsafe: float, threshold: float, category_thresholds: Mapping[str, float] | None = None) -> bool:
-    """Whether P(unsafe) is high enough to ask for the categories (the lowest threshold in play)."""
-    lowest = min([threshold, *(category_thresholds or {}).values()])
-    return p_unsafe >= lowest
+@dataclass
+class _Pass:
+    """One forward pass over ``rows`` (indices into the caller's list) on top of a cached entry."""
+
+    rows: list[int]
+    logits: torch.Tensor  # [len(rows), V] at the last position
+    cache: Any
+    mask: torch.Tensor
+    next_pos: torch.Tensor
 
 
 def kv_cache_argument(model: Any) -> str:
@@ -89,11 +106,6 @@ def _returned_cache(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def _codes_in(text: str) -> list[str]:
-    line = text.strip().partition("\n")[2].strip().split("\n", 1)[0]
-    return [token.strip().upper() for token in line.replace(";", ",").split(",") if token.strip()]
-
-
 class TransformersBackend:
     """Llama Guard (any version) on a loaded transformers causal LM and its tokenizer."""
 
@@ -103,25 +115,33 @@ class TransformersBackend:
         tokenizer: Any,
         name: str | None = None,
         mode: Mode = "optimized",
-        prefix_cache_size: int = 8,
+        cache_bytes: int = DEFAULT_MAX_BYTES,
+        reuse: Reuse = "tokens",
         max_new_tokens: int = 20,
         max_batch_size: int = 16,
         naive_max_new_tokens: int | None = None,
     ) -> None:
         if mode not in ("optimized", "naive"):
             raise ValueError(f"mode must be 'optimized' or 'naive', got {mode!r}")
+        if reuse not in ("tokens", "policy"):
+            raise ValueError(f"reuse must be 'tokens' or 'policy', got {reuse!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.mode = mode
-        self.prefix_cache_size = prefix_cache_size
+        self.reuse = reuse
+        self.cache = TokenPrefixCache(cache_bytes)
         self.max_new_tokens = max_new_tokens
         self.max_batch_size = max(1, max_batch_size)
         self.naive_max_new_tokens = naive_max_new_tokens
-        self._prefix_cache: OrderedDict[str, _PrefixEntry] = OrderedDict()
         self._verdict_tokens: dict[str, VerdictTokens] = {}
         self._lock = threading.RLock()
-        self.stats = {"prefix_hits": 0, "prefix_misses": 0, "forward_tokens": 0, "generated_tokens": 0}
+        self.stats = {
+            "prefix_misses": 0,  # policy prefixes computed
+            "reused_tokens": 0,  # prompt tokens read from the cache
+            "forward_tokens": 0,  # tokens run through the model (padding included)
+            "generated_tokens": 0,
+        }
         special = getattr(tokenizer, "all_special_tokens", None) or []
         added = getattr(tokenizer, "added_tokens_encoder", None) or {}
         self._special_strings = tuple(sorted({*special, *added}, key=len, reverse=True))
@@ -232,86 +252,96 @@ class TransformersBackend:
         self._verdict_tokens[fmt.verdict_lead] = tokens
         return tokens
 
-    # -------------------------------------------------------------- prefix cache
-    def clear_prefix_cache(self) -> None:
-        with self._lock:
-            self._prefix_cache.clear()
+    def encode_rows(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat) -> list[_Row]:
+        """What the model reads for each prompt (with the verdict lead) and how much of it to keep."""
+        lead = list(self.verdict_tokens(fmt).shared)
+        rows = []
+        for prompt in prompts:
+            prefix_ids, suffix_ids = self.encode(prompt, fmt)
+            ids = prefix_ids + suffix_ids + lead
+            keep = len(ids)
+            if prompt.stable_chars is not None and self.mode == "optimized" and self.reuse == "tokens":
+                stable = prefix_ids + self._ids(prompt.suffix[: prompt.stable_chars], template=False)
+                # less the last token, which the text that follows may merge with ("." + "\n\n" -> ".\n\n")
+                keep = max(len(prefix_ids), shared_length(stable, ids) - 1)
+            rows.append(_Row(ids, len(prefix_ids), keep))
+        return rows
+
+    # -------------------------------------------------------------- KV cache
+    def clear_cache(self) -> None:
+        self.cache.clear()
 
     @torch.no_grad()
-    def prefix_entry(self, prefix: str, prefix_ids: list[int]) -> _PrefixEntry:
-        """The cached keys and values of ``prefix`` (LRU, keyed by the prefix text)."""
-        with self._lock:
-            entry = self._prefix_cache.get(prefix)
-            if entry is not None:
-                self._prefix_cache.move_to_end(prefix)
-                self.stats["prefix_hits"] += 1
-                return entry
-            self.stats["prefix_misses"] += 1
-            ids = torch.tensor([prefix_ids], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self.stats["forward_tokens"] += len(prefix_ids)
-            entry = _PrefixEntry(prefix_ids, _returned_cache(out))
-            self._prefix_cache[prefix] = entry
-            while len(self._prefix_cache) > self.prefix_cache_size:
-                self._prefix_cache.popitem(last=False)
-            return entry
+    def _policy_prefix(self, ids: list[int]) -> CachedTokens:
+        """The keys and values of a policy prefix, computed and kept (the start of every prompt of a role)."""
+        self.stats["prefix_misses"] += 1
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
+        self.stats["forward_tokens"] += len(ids)
+        return self.cache.add(ids, _returned_cache(out))
 
-    @staticmethod
-    def _fresh_cache(entry: _PrefixEntry, batch: int) -> Any:
-        """A cache for ``batch`` rows over the stored prefix, leaving the stored tensors untouched.
+    def _bases(self, rows: list[_Row]) -> list[Match]:
+        """For each row, the cached entry it continues and how many of its ids that entry holds."""
+        bases: list[Match | None] = [self.cache.longest(row.ids) for row in rows]
+        computed: dict[tuple[int, ...], CachedTokens] = {}
+        for i, row in enumerate(rows):
+            base = bases[i]
+            if base is None or base.length < row.prefix_len:
+                prefix = tuple(row.ids[: row.prefix_len])
+                if prefix not in computed:
+                    computed[prefix] = self._policy_prefix(list(prefix))
+                bases[i] = Match(computed[prefix], row.prefix_len)
+        return [base for base in bases if base is not None]
 
-        Plain ``DynamicLayer``s grow by ``torch.cat`` (new tensors), so a shallow copy whose layers
-        point at (expanded views of) the stored tensors is safe; other layer types get a deep copy.
-        """
-        from transformers.cache_utils import DynamicLayer
-
-        stored = entry.kv
-        layers = getattr(stored, "layers", None)
-        if layers is not None and all(type(layer) is DynamicLayer for layer in layers):
-            cache = copy.copy(stored)
-            cache.layers = []
-            for layer in layers:
-                clone = copy.copy(layer)
-                if batch > 1 and getattr(layer, "keys", None) is not None:
-                    clone.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
-                    clone.values = layer.values.expand(batch, *layer.values.shape[1:])
-                cache.layers.append(clone)
-            return cache
-        cache = copy.deepcopy(stored)
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        return cache
-
-    # ----------------------------------------------------------------- scoring
     @torch.no_grad()
-    def _forward_suffixes(
-        self, entry: _PrefixEntry | None, rows: list[list[int]], use_cache: bool = True
-    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-        """Run ``rows`` (suffix + verdict lead) on top of the prefix; left-pad between prefix and suffix.
+    def _passes(self, rows: list[_Row], use_cache: bool = True) -> list[_Pass]:
+        """Run every row on top of its cached entry, rows sharing an entry batched; keep what later checks reuse."""
+        bases = self._bases(rows)
+        groups: dict[int, list[int]] = {}
+        for i, base in enumerate(bases):
+            groups.setdefault(id(base.entry), []).append(i)
+        passes = []
+        for members in groups.values():
+            members.sort(key=lambda i: len(rows[i].ids) - bases[i].length)  # similar lengths keep padding small
+            for start in range(0, len(members), self.max_batch_size):
+                batch = members[start : start + self.max_batch_size]
+                entry = bases[batch[0]].entry
+                # the part every row of the batch shares with the entry, leaving each row a token to run
+                past = min(min(bases[i].length for i in batch), min(len(rows[i].ids) for i in batch) - 1)
+                if past < len(entry) and not entry.croppable:
+                    raise RuntimeError("a cached entry that cannot be cropped was matched in part")
+                passes.append(self._forward(entry, past, batch, rows, use_cache))
+        return passes
 
-        Returns (last-position logits [B, V], cache, attention mask, next position ids [B]).
-        With ``entry=None`` the rows are full prompts (no cache).
+    @torch.no_grad()
+    def _forward(
+        self, entry: CachedTokens | None, past: int, batch: list[int], rows: list[_Row], use_cache: bool
+    ) -> _Pass:
+        """Run ``rows[batch]`` after their first ``past`` ids (read from ``entry``); left-pad between the two.
+
+        With ``entry=None`` (and ``past=0``) the rows are read whole, without a cache.
         """
-        batch = len(rows)
-        width = max(len(r) for r in rows)
+        tails = [rows[i].ids[past:] for i in batch]
+        size, width = len(tails), max(len(t) for t in tails)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = 0
-        past = 0 if entry is None else len(entry.ids)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, past + width), dtype=torch.long)
+        ids = torch.full((size, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((size, past + width), dtype=torch.long)
         mask[:, :past] = 1
-        positions = torch.full((batch, width), past, dtype=torch.long)
-        for i, row in enumerate(rows):
-            pad = width - len(row)
-            ids[i, pad:] = torch.tensor(row)
-            mask[i, past + pad :] = 1
-            positions[i, pad:] = torch.arange(past, past + len(row))
+        positions = torch.full((size, width), past, dtype=torch.long)
+        pads = []
+        for r, tail in enumerate(tails):
+            pad = width - len(tail)
+            pads.append(pad)
+            ids[r, pad:] = torch.tensor(tail)
+            mask[r, past + pad :] = 1
+            positions[r, pad:] = torch.arange(past, past + len(tail))
         device = self.device
         ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
         kwargs: dict[str, Any] = {}
         if entry is not None:
-            kwargs[self._cache_argument] = self._fresh_cache(entry, batch)
+            kwargs[self._cache_argument] = cache_view(entry.kv, past, size)
+            self.stats["reused_tokens"] += past * size
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -320,27 +350,43 @@ class TransformersBackend:
             logits_to_keep=1,
             **kwargs,
         )
-        self.stats["forward_tokens"] += batch * width
-        return out.logits[:, -1, :].float(), _returned_cache(out), mask, positions[:, -1] + 1
+        self.stats["forward_tokens"] += size * width
+        cache = _returned_cache(out) if use_cache else None
+        if cache is not None and entry is not None and entry.croppable and self.reuse == "tokens":
+            for r, i in enumerate(batch):
+                keep = rows[i].keep
+                if keep > past and shared_length(entry.ids, rows[i].ids[:keep]) < keep:
+                    pad = pads[r]  # the row's positions: its first ``past`` ids, ``pad`` masked ones, the rest
+                    spans = [(0, keep)] if pad == 0 else [(0, past), (past + pad, pad + keep)]
+                    self.cache.add(rows[i].ids[:keep], row_cache(cache, r, [(a, b) for a, b in spans if b > a]))
+        return _Pass(batch, out.logits[:, -1, :].float(), cache, mask, positions[:, -1] + 1)
 
     def verdict_logits(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat, cached: bool = True) -> torch.Tensor:
-        """Last-position logits [B, V] at the verdict position (for tests and diagnostics)."""
-        tokens = self.verdict_tokens(fmt)
-        encoded = [self.encode(p, fmt) for p in prompts]
-        if cached:
-            groups: dict[str, list[int]] = {}
-            for i, p in enumerate(prompts):
-                groups.setdefault(p.prefix, []).append(i)
-            result: list[torch.Tensor | None] = [None] * len(prompts)
-            for prefix, idx in groups.items():
-                entry = self.prefix_entry(prefix, encoded[idx[0]][0])
-                logits, *_ = self._forward_suffixes(entry, [encoded[i][1] + list(tokens.shared) for i in idx], False)
-                for row, i in enumerate(idx):
-                    result[i] = logits[row]
-            return torch.stack([r for r in result if r is not None])
-        rows = [pre + suf + list(tokens.shared) for pre, suf in encoded]
-        logits, *_ = self._forward_suffixes(None, rows, False)
-        return logits
+        """Last-position logits [B, V] at the verdict position (for tests and diagnostics).
+
+        ``cached=False`` reads every prompt whole, without the cache.
+        """
+        rows = self.encode_rows(prompts, fmt)
+        with self._lock:
+            if not cached:
+                return self._forward(None, 0, list(range(len(rows))), rows, use_cache=False).logits
+            result: list[torch.Tensor | None] = [None] * len(rows)
+            for run in self._passes(rows):
+                for r, i in enumerate(run.rows):
+                    result[i] = run.logits[r]
+        return torch.stack([r for r in result if r is not None])
+
+    def warm(self, prompt: GuardPrompt, fmt: GuardFormat) -> None:
+        """Compute and keep the keys and values of ``prompt`` (a prompt's beginning, no template tail), so the
+        complete prompts that start with it run only the rest. Does nothing when they would not be kept."""
+        if self.mode == "naive" or self.reuse != "tokens":
+            return
+        prefix_ids = self._ids(prompt.prefix, template=True)
+        ids = prefix_ids + self._ids(prompt.suffix, template=False)
+        with self._lock:
+            found = self.cache.longest(ids)
+            if len(ids) > len(prefix_ids) and (found is None or found.length < len(ids)):
+                self._passes([_Row(ids, len(prefix_ids), len(ids))])
 
     def _p_unsafe(self, logits: torch.Tensor, tokens: VerdictTokens) -> torch.Tensor:
         pair = torch.stack([logits[:, tokens.safe_id], logits[:, tokens.unsafe_id]], dim=-1)
@@ -396,40 +442,27 @@ class TransformersBackend:
         return texts
 
     @torch.no_grad()
-    def _complete_group(
-        self, prompts: list[GuardPrompt], encoded: list[_Encoded], fmt: GuardFormat
-    ) -> list[Completion]:
+    def _complete_optimized(self, prompts: list[GuardPrompt], rows: list[_Row], fmt: GuardFormat) -> list[Completion]:
         tokens = self.verdict_tokens(fmt)
-        entry = self.prefix_entry(encoded[0].prefix, encoded[0].prefix_ids)
-        rows = [e.suffix_ids + list(tokens.shared) for e in encoded]
-        logits, cache, mask, next_pos = self._forward_suffixes(entry, rows)
-        p_unsafe = self._p_unsafe(logits, tokens).tolist()
-        unsafe_rows = [
-            i
-            for i, (p, prompt) in enumerate(zip(p_unsafe, prompts, strict=True))
-            if decide_unsafe(p, prompt.threshold, prompt.category_thresholds)
-        ]
-        texts = ["safe"] * len(prompts)
-        if unsafe_rows:
-            for i, tail in zip(
-                unsafe_rows, self._generate_codes(cache, mask, next_pos, unsafe_rows, tokens), strict=True
-            ):
-                texts[i] = "unsafe" + tail
-                per_category = prompts[i].category_thresholds
-                codes = _codes_in(texts[i])
-                if per_category and codes:
-                    needed = min(per_category.get(c, prompts[i].threshold) for c in codes)
-                    if p_unsafe[i] < needed:
-                        texts[i] = "safe"
-        return [Completion(text, p) for text, p in zip(texts, p_unsafe, strict=True)]
+        results: list[Completion | None] = [None] * len(prompts)
+        for run in self._passes(rows):
+            p_unsafe = self._p_unsafe(run.logits, tokens).tolist()
+            unsafe = [r for r, (i, p) in enumerate(zip(run.rows, p_unsafe, strict=True)) if p >= prompts[i].threshold]
+            texts = ["safe"] * len(run.rows)
+            if unsafe:
+                for r, tail in zip(
+                    unsafe, self._generate_codes(run.cache, run.mask, run.next_pos, unsafe, tokens), strict=True
+                ):
+                    texts[r] = "unsafe" + tail
+            for r, i in enumerate(run.rows):
+                results[i] = Completion(texts[r], p_unsafe[r])
+        return [r for r in results if r is not None]
 
     @torch.no_grad()
-    def _complete_naive(
-        self, prompts: list[GuardPrompt], encoded: list[_Encoded], fmt: GuardFormat
-    ) -> list[Completion]:
+    def _complete_naive(self, prompts: list[GuardPrompt], encoded: list[_Row], fmt: GuardFormat) -> list[Completion]:
         """Baseline: the whole prompt each time, ``model.generate`` writes the verdict."""
         tokens = self.verdict_tokens(fmt)
-        rows = [e.prefix_ids + e.suffix_ids for e in encoded]
+        rows = [row.ids[: len(row.ids) - len(tokens.shared)] for row in encoded]
         width = max(len(r) for r in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -466,22 +499,12 @@ class TransformersBackend:
     def complete(self, prompts: Sequence[GuardPrompt], fmt: GuardFormat) -> list[Completion]:
         if not prompts:
             return []
-        encoded = []
-        for p in prompts:
-            prefix_ids, suffix_ids = self.encode(p, fmt)
-            encoded.append(_Encoded(p.prefix, prefix_ids, suffix_ids))
-        results: list[Completion | None] = [None] * len(prompts)
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(p.prefix, []).append(i)
+        rows = self.encode_rows(prompts, fmt)
+        results: list[Completion] = []
         with self._lock:
-            for idx in groups.values():
-                # Similar lengths together keep padding small.
-                idx = sorted(idx, key=lambda i: len(encoded[i].suffix_ids))
-                for start in range(0, len(idx), self.max_batch_size):
-                    chunk = idx[start : start + self.max_batch_size]
-                    run = self._complete_naive if self.mode == "naive" else self._complete_group
-                    out = run([prompts[i] for i in chunk], [encoded[i] for i in chunk], fmt)
-                    for i, completion in zip(chunk, out, strict=True):
-                        results[i] = completion
-        return [r for r in results if r is not None]
+            if self.mode == "naive":
+                for start in range(0, len(prompts), self.max_batch_size):
+                    chunk = slice(start, start + self.max_batch_size)
+                    results.extend(self._complete_naive(list(prompts[chunk]), rows[chunk], fmt))
+                return results
+            return self._complete_optimized(list(prompts), rows, fmt)
