@@ -199,9 +199,11 @@ def heldout_report(held: list[Example], held_logits: np.ndarray, thresholds: dic
 
 def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dict:
     """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
-    artifact's guard behind the windowed guard, under ``llama-guard-3``, with and without sentence evidence."""
+    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``, with and
+    without sentence evidence."""
     from guardgraph.nodes.checks.request import GuardRequest, Turn
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.thresholds import with_thresholds
     from guardgraph.nodes.guards.windowed import windowed
     from guardgraph.policies.loader import load_policy
 
@@ -218,7 +220,7 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dic
     agent = np.array([r.role == "Agent" for r in requests])
     report: dict = {}
     for name, evidence in (("windows", False), ("windows and sentences", True)):
-        guard = windowed(OfflineGuard(artifact_dir, device=device, sentence_evidence=evidence))
+        guard = windowed(with_thresholds(OfflineGuard(artifact_dir, device=device, sentence_evidence=evidence)))
         blocked = np.array(
             [v.blocks for start in range(0, len(requests), 32) for v in guard.check_batch(requests[start : start + 32])]
         )
