@@ -11,11 +11,11 @@ example-defined category, then merges the two.
   guard's artifact, in each encoder precision's own embedding space), weighted as :data:`NEGATIVE_WEIGHTS` says.
   On a CPU without bfloat16 arithmetic the encoder runs in int8 (:class:`SentenceEncoder`), about half the cost
   of a float32 pass. The classifiers are fit at the first check under a policy and kept per policy content
-  (:class:`ExampleModels`); the encoder is loaded only when a policy has example-defined categories. The checked text (the user's message, or the reply alone) is
-  embedded whole, in windows of at most :data:`WINDOW_CHARS` characters when longer, and, when longer than
-  :data:`SENTENCES_FROM_CHARS`, sentence by sentence too (a mean-pooled window dilutes one sentence among
-  others); a category's probability is its highest piece's, and the category is flagged when that reaches
-  its threshold (``guardgraph.nodes.guards.thresholds.reaches``).
+  (:class:`ExampleModels`); the encoder is loaded only when a policy has example-defined categories. The checked
+  text (the user's message, or the reply alone) is embedded whole, in windows of at most :data:`WINDOW_CHARS`
+  characters when longer, and, when longer than :data:`SENTENCES_FROM_CHARS`, sentence by sentence too (a
+  mean-pooled window dilutes one sentence among others); a category's probability is its highest piece's, and the
+  category is flagged when that reaches its threshold (``guardgraph.nodes.guards.thresholds.reaches``).
 * **The merge**, in one sentence: the message is unsafe when the guard or the examples flag it; its
   categories are both parts' (in policy order), its score the higher of the two parts' scores, and
   ``Verdict.flagged_by`` says which part flagged it (``guard``, ``examples`` or ``both``). The guard's own
