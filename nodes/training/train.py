@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     step = 0
     for epoch in range(args.epochs):
         net.train()
-        net.embeddings.eval(), net.bottom.eval(), net.base_top.eval()
+        net.embeddings.eval(), net.bottom.eval()
         running = 0.0
         for chunk in batches_by_length(lengths, args.batch_size, rng, shuffle=True):
             hidden, mask = collate(low_train, chunk)
