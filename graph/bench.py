@@ -209,30 +209,39 @@ def bench_llm_guard_check(model: Any, tokenizer: Any, repeats: int = 4) -> dict[
     }
 
 
-def _requests(policy: Any, n: int) -> list[Any]:
+def _requests(policy: Any, n: int, tag: str = "") -> list[Any]:
+    """``n`` User and Agent checks; each ``tag`` gives texts of the same length no check has read before."""
     from guardgraph.nodes.checks.request import GuardRequest, Turn
 
     out = []
     for i in range(n):
-        text = USER_MESSAGES[i % len(USER_MESSAGES)]
+        text = f"{USER_MESSAGES[i % len(USER_MESSAGES)]} ({tag}{i})"
         if i % 2:
-            out.append(GuardRequest("Agent", (Turn("user", text), Turn("assistant", AGENT_REPLY)), policy))
+            out.append(
+                GuardRequest("Agent", (Turn("user", text), Turn("assistant", f"{AGENT_REPLY} ({tag}{i})")), policy)
+            )
         else:
-            out.append(GuardRequest("User", (Turn("user", f"{text} ({i})"),), policy))
+            out.append(GuardRequest("User", (Turn("user", text),), policy))
     return out
 
 
 def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) -> dict[str, Any]:
-    """Throughput of ``n`` checks in one ``check_batch`` ÷ one by one."""
+    """Throughput of ``n`` checks in one ``check_batch`` ÷ one by one.
+
+    Every round of each path checks texts of its own, so verdicts remembered by a guard (windows a stream
+    already checked, a cached token prefix beyond the policy's) never stand in for a check.
+    """
     import torch
 
-    requests = _requests(policy, n)
+    rounds = {
+        (path, r): _requests(policy, n, f"{path[0]}{r}-") for path in ("single", "batched") for r in range(repeats)
+    }
     with torch.inference_mode():
-        guard.check_batch(requests[:2])  # warm caches (e.g. the prefix KV cache)
+        guard.check_batch(_requests(policy, 2, "w-"))  # warm the policy's cached prefix
         times = interleaved(
             {
-                "single": lambda _: [guard.check(r) for r in requests],
-                "batched": lambda _: guard.check_batch(requests),
+                "single": lambda r: [guard.check(request) for request in rounds["single", r]],
+                "batched": lambda r: guard.check_batch(rounds["batched", r]),
             },
             repeats,
             warmup=0,

@@ -17,7 +17,7 @@ from guardgraph.graph.bench import (
 )
 from guardgraph.nodes.guards.llama_guard.guard import LlamaGuard
 from guardgraph.nodes.guards.llama_guard.transformers_backend import TransformersBackend
-from guardgraph.nodes.guards.windowed import WindowedGuard
+from guardgraph.nodes.guards.windowed import WindowedGuard, windowed
 from guardgraph.policies.loader import load_policy
 from tests.fakes import SlowGuard, scripted_llama_guard
 from tests.tiny_models import build_llama, build_tokenizer
@@ -44,6 +44,15 @@ def test_bench_batch_reports_a_speedup(llama_guard_3_policy):
     result = bench_batch(guard, llama_guard_3_policy, 8, "batch")
     assert result["batch_checks"] == 8
     assert result["batch_speedup"] > 2
+
+
+def test_batch_bench_checks_every_round_afresh_behind_a_guard_that_remembers_windows(llama_guard_3_policy):
+    inner = SlowGuard()
+    result = bench_batch(windowed(inner), llama_guard_3_policy, 8, "batch", repeats=2)
+    assert result["batch_checks"] == 8
+    calls = [entry for entry in inner.log if entry[0] == "guard-start"]
+    # the warm-up batch, then per round 8 single checks and one batch: none answered from remembered windows
+    assert len(calls) == 1 + 2 * (8 + 1)
 
 
 def test_llm_guard_check_bench_runs_on_a_tiny_model():
@@ -83,3 +92,22 @@ def test_stream_bench_times_both_paths_on_new_conversations():
     kept = [tokenizer.decode(list(entry.ids)) for entry in incremental_backend.cache.entries()]
     assert any("(incremental, 128 tokens, round 0)" in text for text in kept)
     assert any("(incremental, 512 tokens, round 0)" in text for text in kept)
+
+
+def test_the_bench_command_reports_json_without_progress_bars(tmp_path, guardgraph_command):
+    import json
+    import subprocess
+
+    ran = subprocess.run(
+        [*guardgraph_command, "bench", "--only", "batch", "--repeats", "1", "--threads", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["batch_checks"] == 64 and result["batch_speedup"] > 0
+    assert result["machine"]["torch_threads"] == 1
+    assert "Loading weights" not in ran.stderr and "it/s]" not in ran.stderr
+    assert "bench: batch done" in ran.stderr  # the bench's own progress lines still show

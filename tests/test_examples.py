@@ -36,6 +36,8 @@ from guardgraph.nodes.guards.examples import (
     ExampleModels,
     SentenceEncoder,
     default_encoder,
+    encoder_precision,
+    generic_benign_embeddings,
     merge,
 )
 from guardgraph.policies import Policy, load_policy, policy_from_data
@@ -119,7 +121,7 @@ def test_the_encoder_computes_the_transformers_models_numbers() -> None:
 
     from guardgraph.nodes.guards.offline.network import encode_pair, mean_pool, pad_batch
 
-    encoder = SentenceEncoder(dtype="float32")
+    encoder = SentenceEncoder(precision="float32")
     texts = [AMAZON, CANCER * 4, "hi"]  # different lengths: padding must not change anything
     batch = pad_batch([encode_pair(encoder.tokenizer, t, None) for t in texts])
     with torch.inference_mode():
@@ -130,17 +132,56 @@ def test_the_encoder_computes_the_transformers_models_numbers() -> None:
     assert np.allclose(one_by_one, expected, atol=1e-5)
 
 
-def test_bfloat16_and_float32_encoders_agree(seed_custom_policy: Policy) -> None:
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_bfloat16_and_int8_encoders_agree_with_float32(precision: str, seed_custom_policy: Policy) -> None:
     texts = [AMAZON, CANCER, APPLE, "Tell me about the Amazon rainforest."]
-    fp32, bf16 = SentenceEncoder(dtype="float32"), SentenceEncoder(dtype="bfloat16")
-    assert np.all(np.sum(fp32.embed(texts) * bf16.embed(texts), axis=1) > 0.99)
+    fp32, other = SentenceEncoder(precision="float32"), SentenceEncoder(precision=precision)
+    assert np.all(np.sum(fp32.embed(texts) * other.embed(texts), axis=1) > (0.99 if precision == "bfloat16" else 0.95))
     verdicts = [
         ExampleGuard(scripted_llama_guard(), ExampleModels(encoder)).check_batch(
             [user(t, seed_custom_policy) for t in texts]
         )
-        for encoder in (fp32, bf16)
+        for encoder in (fp32, other)
     ]
     assert [v.codes for v in verdicts[0]] == [v.codes for v in verdicts[1]] == [["O7"], ["O8"], [], []]
+
+
+def test_an_int8_embedding_does_not_depend_on_the_texts_beside_it() -> None:
+    encoder = SentenceEncoder(precision="int8")
+    texts = [AMAZON, CANCER * 4, "hi"]
+    together = encoder.embed(texts)
+    assert np.array_equal(together, np.vstack([encoder.embed([t]) for t in texts]))
+    assert np.array_equal(together[:1], encoder.embed([AMAZON, "a much longer text " * 20])[:1])
+
+
+def test_each_encoder_space_has_its_stored_benign_negatives() -> None:
+    from guardgraph.nodes.training.benign_negatives import SPACE_PRECISION
+    from guardgraph.nodes.training.data import generic_benign_texts
+
+    texts = generic_benign_texts(seed=13)[:24]
+    for space, precision in SPACE_PRECISION.items():
+        encoder = SentenceEncoder(precision=precision)
+        assert encoder.space == space
+        stored = generic_benign_embeddings(space)[:24]
+        # the artifact keeps float16 rows: equal to a fresh embedding up to that rounding
+        assert np.allclose(stored, encoder.embed(texts), atol=2e-3), space
+    assert not np.allclose(generic_benign_embeddings("float"), generic_benign_embeddings("int8"), atol=2e-3)
+
+
+def test_the_encoder_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guardgraph.nodes.guards import examples
+
+    monkeypatch.setattr(examples, "int8_available", lambda: True)
+    assert encoder_precision("cpu", "float32") == "float32"
+    assert encoder_precision("cpu", "int8") == "int8"
+    with pytest.raises(ValueError, match="CPU only"):
+        encoder_precision("cuda", "int8")
+    monkeypatch.setattr("guardgraph.nodes.guards.offline.precision.cpu_has_native_bf16", lambda: True)
+    assert encoder_precision("cpu") == "bfloat16"
+    monkeypatch.setattr("guardgraph.nodes.guards.offline.precision.cpu_has_native_bf16", lambda: False)
+    assert encoder_precision("cpu") == "int8"
+    monkeypatch.setattr(examples, "int8_available", lambda: False)
+    assert encoder_precision("cpu") == "float32"
 
 
 class CountingEncoder:
@@ -149,6 +190,7 @@ class CountingEncoder:
     def __init__(self) -> None:
         self.inner = default_encoder()
         self.dimension = self.inner.dimension
+        self.space = self.inner.space
         self.texts: list[str] = []
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

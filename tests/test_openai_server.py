@@ -41,6 +41,8 @@ from guardgraph.policies import Policy
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2"
 START_TIMEOUT_S = 120
+# One check may wait behind other jobs on a busy 2-core machine: these tests are about answers, not speed.
+CHECK_SETTINGS = GuardSettings(timeout_s=240)
 
 
 def free_port() -> int:
@@ -110,8 +112,8 @@ def test_guard_through_the_guard_endpoint_fails_closed(
     endpoint: str, bread_request: GuardRequest, llama_guard_3_policy: Policy
 ) -> None:
     """``--guard-endpoint``: the exact prompt goes to /v1/completions and SmolLM2's answer is parsed."""
-    config = GuardGraphConfig(guard_endpoint=endpoint, guard_model=MODEL_NAME)
-    verdict = run_guard(build_guard(config, llama_guard_3_policy), bread_request, GuardSettings())
+    config = GuardGraphConfig(guard_endpoint=endpoint, guard_model=MODEL_NAME, guard_timeout_s=240)
+    verdict = run_guard(build_guard(config, llama_guard_3_policy), bread_request, CHECK_SETTINGS)
     assert verdict.outcome is not Outcome.ERROR, verdict.reason  # the server answered
     assert verdict.raw is not None
     # SmolLM2 is no guard: whatever it wrote, only a well-formed Llama Guard answer may pass.
@@ -122,7 +124,7 @@ def test_guard_through_the_guard_endpoint_fails_closed(
 
 
 def test_completions_backend_reads_logprobs(endpoint: str, bread_request: GuardRequest) -> None:
-    backend = OpenAICompletionBackend(endpoint, MODEL_NAME, top_logprobs=20, timeout_s=120)
+    backend = OpenAICompletionBackend(endpoint, MODEL_NAME, top_logprobs=20, timeout_s=240)
     # the server accepts the request shape and returns top-k logprobs at every generated position
     prompt = backend.prompt_text(LlamaGuard(backend).render(bread_request))
     response = backend.client.completions.create(
@@ -132,7 +134,7 @@ def test_completions_backend_reads_logprobs(endpoint: str, bread_request: GuardR
     assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
     assert all(len(top) >= 2 for top in logprobs.top_logprobs)
 
-    verdict = run_guard(LlamaGuard(backend), bread_request, GuardSettings())
+    verdict = run_guard(LlamaGuard(backend), bread_request, CHECK_SETTINGS)
     assert verdict.outcome is not Outcome.ERROR, verdict.reason
     # P(unsafe) is computed where the verdict words are among the top 20, else None
     assert verdict.score is None or (0.0 <= verdict.score <= 1.0 and math.isfinite(verdict.score))

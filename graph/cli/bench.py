@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from guardgraph.graph.bench import SECTIONS, run_bench
+from guardgraph.graph.models.offline_chat import transformers_progress_bars_off
 
 
 def bench_command(
@@ -28,7 +29,8 @@ def bench_command(
     if unknown:
         raise typer.BadParameter(f"unknown sections {unknown}: use {', '.join(SECTIONS)}")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if json_output else (lambda m: print(m, flush=True))
-    results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log, threads=threads)
+    with transformers_progress_bars_off():  # the bench's own progress lines say what loads
+        results = run_bench(sections, repeats=repeats, llm_batch=llm_batch, log=log, threads=threads)
     if json_output:
         sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
         return

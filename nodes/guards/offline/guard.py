@@ -28,7 +28,9 @@ from guardgraph.nodes.guards.thresholds import lowest_threshold
 from guardgraph.policies.model import Category
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifact"
-GENERIC_BENIGN = "generic_benign_embeddings"  # a tensor of the artifact: MiniLM embeddings of benign prompts
+# Tensors of the artifact that are not the network's: MiniLM embeddings of generic benign prompts, the example
+# classifier's negatives (``guardgraph.nodes.guards.examples``), one per encoder space.
+GENERIC_BENIGN = {"float": "generic_benign_embeddings", "int8": "generic_benign_embeddings_int8"}
 BATCH = 16  # measured best on a 2-core CPU (bf16): larger batches pad short User rows to Agent-row length
 
 

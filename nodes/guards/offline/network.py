@@ -87,19 +87,18 @@ def _run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 class GuardNet(nn.Module):
-    """Frozen bottom (embeddings + first ``split`` layers), trainable top copy, heads, and the base top."""
+    """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, the heads."""
 
     def __init__(self, base, split: int = 4, dropout: float = 0.1):
         super().__init__()
         self.split = split
         self.embeddings = base.embeddings
         self.bottom = nn.ModuleList(base.encoder.layer[:split])
-        self.base_top = nn.ModuleList(base.encoder.layer[split:])
-        self.top = copy.deepcopy(self.base_top)
+        self.top = copy.deepcopy(nn.ModuleList(base.encoder.layer[split:]))
         hidden = base.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, 1 + len(HAZARDS))
-        for module in (self.embeddings, self.bottom, self.base_top):
+        for module in (self.embeddings, self.bottom):
             for p in module.parameters():
                 p.requires_grad_(False)
 
@@ -111,10 +110,6 @@ class GuardNet(nn.Module):
         """Logits [batch, 15]: unsafe, then S1..S14."""
         hidden = _run_layers(self.top, lower, attention_mask)
         return self.head(self.dropout(mean_pool(hidden, attention_mask)))
-
-    def sentence_embedding(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = _run_layers(self.base_top, lower, attention_mask)
-        return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED)}
