@@ -272,8 +272,8 @@ def bench_long_check(repeats: int) -> dict[str, Any]:
         GuardRequest("User", (Turn("user", LONG_MESSAGE),), policy),
         GuardRequest("Agent", (Turn("user", USER_MESSAGES[2]), Turn("assistant", LONG_MESSAGE)), policy),
     ]
-    sentences = windowed(OfflineGuard(sentence_evidence=True), incremental=False)
-    windows_only = windowed(OfflineGuard(sentence_evidence=False), incremental=False)
+    sentences = windowed(OfflineGuard(sentence_evidence={"User": 0.0, "Agent": 0.0}), incremental=False)
+    windows_only = windowed(OfflineGuard(sentence_evidence={}), incremental=False)
     with torch.inference_mode():
         times = interleaved(
             {

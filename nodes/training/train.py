@@ -197,10 +197,16 @@ def heldout_report(held: list[Example], held_logits: np.ndarray, thresholds: dic
     return report
 
 
+SENTENCE_MARGINS = [i / 4 for i in range(33)]  # the grid a role's sentence margin is chosen on: 0, 0.25, ..., 8
+MAX_FPR_RISE = 0.01  # what sentence evidence may add to a role's FPR over the windows alone
+
+
 def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dict:
     """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
-    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``, with and
-    without sentence evidence."""
+    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
+    role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
+    README.md chooses (the smallest that adds at most :data:`MAX_FPR_RISE` to the role's FPR; None if none does).
+    """
     from guardgraph.nodes.checks.request import GuardRequest, Turn
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
     from guardgraph.nodes.guards.thresholds import with_thresholds
@@ -208,26 +214,33 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dic
     from guardgraph.policies.loader import load_policy
 
     policy = load_policy("llama-guard-3")
-    rows = [e for e in held if not e.source.startswith(NEW_ROW_SOURCES)]
+    rows = [e for e in held if not e.source.startswith(NEW_ROW_SOURCES) and (e.response or e.prompt).strip()]
     requests = [
         GuardRequest("User", (Turn("user", e.prompt),), policy)
         if e.response is None
         else GuardRequest("Agent", (Turn("user", e.prompt), Turn("assistant", e.response)), policy)
         for e in rows
-        if (e.response or e.prompt).strip()
     ]
-    labels = np.array([e.label for e in rows if (e.response or e.prompt).strip()])
+    labels = np.array([e.label for e in rows])
     agent = np.array([r.role == "Agent" for r in requests])
-    report: dict = {}
-    for name, evidence in (("windows", False), ("windows and sentences", True)):
-        guard = windowed(with_thresholds(OfflineGuard(artifact_dir, device=device, sentence_evidence=evidence)))
-        blocked = np.array(
-            [v.blocks for start in range(0, len(requests), 32) for v in guard.check_batch(requests[start : start + 32])]
-        )
-        report[name] = {
-            role: metrics(labels[mask], blocked[mask].astype(float), 0.5)
-            for role, mask in (("User", ~agent), ("Agent", agent))
+    guard = OfflineGuard(artifact_dir, device=device, sentence_evidence={})
+    deployed = windowed(with_thresholds(guard))
+    batches = [requests[i : i + 32] for i in range(0, len(requests), 32)]
+    blocked = np.array([v.blocks for batch in batches for v in deployed.check_batch(batch)])
+    found = [m for batch in batches for m in guard.sentence_margins(batch)]
+    margins = np.array([-np.inf if m is None else m[0] for m in found])
+    report: dict = {"windows": {}, "sentence_margin": {}, "windows and sentences": {}, "sweep": {}}
+    for role, mask in (("User", ~agent), ("Agent", agent)):
+        alone = metrics(labels[mask], blocked[mask].astype(float), 0.5)
+        sweep = {
+            margin: metrics(labels[mask], (blocked[mask] | (margins[mask] >= margin)).astype(float), 0.5)
+            for margin in SENTENCE_MARGINS
         }
+        chosen = next((m for m, r in sweep.items() if (r["fpr"] or 0.0) <= (alone["fpr"] or 0.0) + MAX_FPR_RISE), None)
+        report["windows"][role] = alone
+        report["sentence_margin"][role] = chosen
+        report["windows and sentences"][role] = None if chosen is None else sweep[chosen]
+        report["sweep"][role] = {str(m): (r["recall"], r["fpr"]) for m, r in sweep.items()}
     return report
 
 

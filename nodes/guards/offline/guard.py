@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ class OfflineGuard(BaseGuard):
         artifact_dir: Path | None = None,
         device: str = "cpu",
         dtype: str = "auto",
-        sentence_evidence: bool | None = None,
+        sentence_evidence: Mapping[str, float] | None = None,
     ):
         self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else DEFAULT_ARTIFACT
         self.device = device
@@ -65,11 +65,11 @@ class OfflineGuard(BaseGuard):
         self.max_len = int(self.config.get("max_len", 128))
         self.thresholds = {k: float(v) for k, v in self.config["unsafe_logit_threshold"].items()}
         self.hazard_threshold = float(self.config.get("hazard_threshold", 0.5))
-        # Whether each sentence of a longer text is also read alone (see _sentence_evidence); the artifact says
-        # whether its model was trained to judge single sentences.
-        self.sentence_evidence = (
-            bool(self.config.get("sentence_evidence", False)) if sentence_evidence is None else sentence_evidence
-        )
+        # Per role, the margin (logits over the role's threshold) at which one sentence read alone flags a longer
+        # text (see _sentence_evidence); a role without one reads no sentences. The artifact says, as chosen for
+        # its model on held-out rows (nodes/training/README.md).
+        chosen = self.config.get("sentence_evidence", {}) if sentence_evidence is None else sentence_evidence
+        self.sentence_evidence = {role: float(margin) for role, margin in chosen.items()}
 
     @classmethod
     def load_default(cls) -> OfflineGuard:
@@ -107,39 +107,61 @@ class OfflineGuard(BaseGuard):
         ]
 
     # ------------------------------------------------------------------ sentence evidence
+    def sentence_margins(self, requests: Sequence[GuardRequest]) -> list[tuple[float, np.ndarray, int] | None]:
+        """Each request's most harmful sentence read alone, as ``(margin, logits, index)``: its margin over the
+        role's threshold, its logits, its place among the text's sentences; None for a text of one sentence.
+
+        A sentence is read as its role reads it: a sentence of a user's message as a User check, a sentence of a
+        reply as an Agent check under the user's prompt. Each distinct one is encoded once per batch, so windows
+        that overlap, or repeat, share their sentences.
+        """
+        pairs = [self._texts(r) for r in requests]
+        found = [_sentences(r.checked_text) for r in requests]
+        items = [
+            (sentence, None) if response is None else (prompt, sentence)
+            for (prompt, response), sentences in zip(pairs, found, strict=True)
+            for sentence in sentences
+        ]
+        distinct = list(dict.fromkeys(items))
+        if not distinct:
+            return [None] * len(requests)
+        logits = self._forward([encode_pair(self.tokenizer, p, r, self.max_len) for p, r in distinct])
+        index = {item: i for i, item in enumerate(distinct)}
+        out: list[tuple[float, np.ndarray, int] | None] = []
+        position = 0
+        for request, sentences in zip(requests, found, strict=True):
+            rows = [index[items[position + j]] for j in range(len(sentences))]
+            position += len(sentences)
+            if not rows:
+                out.append(None)
+                continue
+            best = max(range(len(rows)), key=lambda j: logits[rows[j], 0])
+            out.append((float(logits[rows[best], 0]) - self.thresholds[request.role], logits[rows[best]], best))
+        return out
+
     def _sentence_evidence(
         self, requests: Sequence[GuardRequest], logits: np.ndarray
     ) -> tuple[np.ndarray, list[int | None]]:
-        """Each request's logits, replaced by those of its most harmful sentence read alone where that sentence
-        is judged more harmful than the whole text; and that sentence's index where it is judged unsafe.
+        """Each request's logits, replaced by those of its most harmful sentence where that sentence reaches its
+        role's sentence margin and says more than the whole text; and that sentence's index where it does.
 
-        The encoder mean-pools its input, so one harmful sentence among harmless ones is diluted; read alone
-        (a User check of just that sentence, whatever the role) it is not. Each distinct sentence of the batch is
-        encoded once, so windows that overlap, or repeat, share their sentences.
+        The encoder mean-pools its input, so one harmful sentence among harmless ones is diluted; read alone it
+        is not. The margin keeps sentences that only look harmful out of context (a harmless instruction read
+        as a request) from flagging the text.
         """
         parts: list[int | None] = [None] * len(requests)
-        if not self.sentence_evidence:
+        wanted = [k for k, r in enumerate(requests) if r.role in self.sentence_evidence]
+        if not wanted:
             return logits, parts
-        sentences = [_sentences(r.checked_text) for r in requests]
-        distinct = list(dict.fromkeys(s for found in sentences for s in found))
-        if not distinct:
-            return logits, parts
-        encoded = [encode_pair(self.tokenizer, s, None, self.max_len) for s in distinct]
-        sentence_logits = self._forward(encoded)
-        margins = sentence_logits[:, 0] - self.thresholds["User"]
-        index = {s: i for i, s in enumerate(distinct)}
         out = logits.copy()
-        for k, (request, found) in enumerate(zip(requests, sentences, strict=True)):
-            if not found:
+        for k, found in zip(wanted, self.sentence_margins([requests[k] for k in wanted]), strict=True):
+            if found is None:
                 continue
-            best = max(range(len(found)), key=lambda j: margins[index[found[j]]])
-            row = index[found[best]]
-            threshold = self.thresholds[request.role]
-            if margins[row] > logits[k, 0] - threshold:
-                out[k] = sentence_logits[row]
-                out[k, 0] = margins[row] + threshold  # the same distance from this role's threshold
-                if margins[row] >= 0:
-                    parts[k] = best
+            margin, sentence_logits, best = found
+            threshold = self.thresholds[requests[k].role]
+            if margin >= self.sentence_evidence[requests[k].role] and margin > logits[k, 0] - threshold:
+                out[k] = sentence_logits
+                parts[k] = best
         return out, parts
 
     def _verdict(self, request: GuardRequest, logit: np.ndarray) -> Verdict:
