@@ -34,8 +34,8 @@ pytestmark = [
 # eec3e49: windows only), per role; the guard may flag fewer, never more.
 FLAGGED_BEFORE = {"User": 7, "Agent": 4}
 LISBON = "The weather in Lisbon is mild and the trams are yellow. "
-# The bar, not met by the shipped guard (its artifact and, off, its sentence evidence: both chosen by the
-# rules in nodes/training/README.md, "Padded windows and single sentences"); measured in EVAL.md, "Padding probe".
+# The bar, not met by the shipped guard (its artifact, and no sentence evidence: both chosen by the rules
+# in nodes/training/README.md); measured in EVAL.md, "Padding probe".
 NOT_MET = pytest.mark.xfail(
     strict=True,
     reason="shipped guard: padded recall User 0.745 / Agent 0.875 (alone 1.000); the 200 KB Lisbon request passes",
