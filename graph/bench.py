@@ -16,6 +16,9 @@ against live in BENCHMARKS.md. Keys:
 - ``guarded_turn_ratio``: a guarded turn (graph, offline default guard both ways) ÷ the same chat model
   answering the same messages unguarded; ``llm_guarded_turn_ratio`` the same with the stand-in Llama
   Guard as both guards.
+- ``long_check_ratio``: a check of a ~1,000-character message (once as the user's, once as a reply) by the
+  offline default guard with its sentence evidence (each sentence of a longer text also read alone) ÷ the same
+  guard without it (the windows alone, whatever the artifact ships), p50 of at least 21 interleaved rounds.
 - ``ttft_ratio``: time to the first streamed reply text, guarded graph ÷ the chat model's own stream.
 - ``cold_start_s``: a fresh ``guardgraph ask`` process, offline defaults, until it printed the answer
   (median of ``--repeats`` fresh processes, as every other key is a median of ``--repeats`` rounds).
@@ -75,6 +78,19 @@ USER_MESSAGES = [
 AGENT_REPLY = (
     "Sure. Mix 200 g of flour, 200 g of sugar, 4 eggs and 200 g of soft butter, pour the batter into a "
     "greased tin and bake it at 180 °C for about 35 minutes, until a skewer comes out clean."
+)
+# A message of about 1,000 characters in ordinary sentences, for ``long_check_ratio``.
+LONG_MESSAGE = (
+    "Hi Sam, thanks again for organising the trip last weekend. The cabin was even nicer than the photos, and "
+    "the kids have not stopped talking about the lake. I have put the receipts for the groceries and the fuel "
+    "in the shared folder, so you can see what everyone owes. The total came to a little under three hundred "
+    "euros, which is less than we planned. Could you check whether the deposit for the cabin has come back? "
+    "The owner said it would take about a week. On another note, my sister asked if we would go again in the "
+    "autumn. She would like to bring her dog, so we should ask whether pets are allowed. I also found a "
+    "shorter route over the pass that avoids the traffic near the bridge. It adds a few kilometres but saves "
+    "almost an hour on a Friday evening. If you agree, I will book the same dates in October before they are "
+    "gone. I can drive this time, and the forecast looks mild. Let me know what works for you and Priya. Have "
+    "a good week, and say hello to everyone at the office from me."
 )
 
 
@@ -236,6 +252,43 @@ def bench_batch(guard: Any, policy: Any, n: int, prefix: str, repeats: int = 1) 
         f"{prefix}_single_ms_per_check": single_s * 1000 / n,
         f"{prefix}_batched_ms_per_check": batched_s * 1000 / n,
         f"{prefix}_checks": n,
+    }
+
+
+def bench_long_check(repeats: int) -> dict[str, Any]:
+    """A ~1,000-character message (User check, then the same text as a reply) checked by the offline guard with
+    its sentence evidence ÷ by the same windows without it (two guards built side by side). Windows
+    are not remembered between rounds (``incremental=False``): every round checks the text afresh."""
+    import torch
+
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.defaults import POLICY
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.windowed import windowed
+    from guardgraph.policies.loader import load_policy
+
+    policy = load_policy(POLICY)
+    requests = [
+        GuardRequest("User", (Turn("user", LONG_MESSAGE),), policy),
+        GuardRequest("Agent", (Turn("user", USER_MESSAGES[2]), Turn("assistant", LONG_MESSAGE)), policy),
+    ]
+    sentences = windowed(OfflineGuard(sentence_evidence={"User": 0.0, "Agent": 0.0}), incremental=False)
+    windows_only = windowed(OfflineGuard(sentence_evidence={}), incremental=False)
+    with torch.inference_mode():
+        times = interleaved(
+            {
+                "sentences": lambda _: [sentences.check(r) for r in requests],
+                "windows_only": lambda _: [windows_only.check(r) for r in requests],
+            },
+            repeats,
+        )
+    sentences_s, windows_s = _median(times["sentences"]), _median(times["windows_only"])
+    return {
+        "long_check_ratio": sentences_s / windows_s,
+        "long_check_ms": sentences_s * 1000 / len(requests),
+        "long_check_windows_only_ms": windows_s * 1000 / len(requests),
+        "long_check_chars": len(LONG_MESSAGE),
+        "long_check_rounds": repeats,
     }
 
 
@@ -545,7 +598,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("llm", "batch", "stream", "turns", "ttft", "cold", "examples")
+LONG_CHECK_ROUNDS = 21  # single checks are short and noisy: more rounds than the turn comparisons
+SECTIONS = ("llm", "batch", "long", "stream", "turns", "ttft", "cold", "examples")
 
 
 def run_bench(
@@ -641,6 +695,8 @@ def run_bench(
 
         steps.append(("llm_stream", llm_stream_step))
         steps.append(("stream", offline_stream_step))
+    if "long" in sections:
+        steps.append(("long", lambda: bench_long_check(max(repeats, LONG_CHECK_ROUNDS))))
     if "turns" in sections:
         steps.append(("turns", lambda: bench_turns(get_offline(), repeats, "guarded_turn_ratio")))
         steps.append(("llm_turns", lambda: bench_turns(llm_deps(), repeats, "llm_guarded_turn_ratio")))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
+from guardgraph.nodes.guards.sentences import split_sentences
 from guardgraph.nodes.guards.windowed import WindowedGuard, combine, split_windows, truncate_context, windowed
 from guardgraph.policies import Policy
 
@@ -228,6 +229,30 @@ def test_cli_check_long_conversation_with_the_offline_guard(tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["check", "--conversation", str(path), "--json"])
     assert result.exit_code == 1, result.output  # not safe
     assert json.loads(result.stdout)["safe"] is False
+
+
+def test_split_sentences_cuts_at_sentence_ends_and_line_breaks() -> None:
+    text = 'He said "Stop!" Then he left.  Was it 3.5 km? Yes\n\nline two\nx = 1'
+    assert split_sentences(text) == ['He said "Stop!"', "Then he left.", "Was it 3.5 km?", "Yes", "line two", "x = 1"]
+    assert split_sentences("  ") == [] and split_sentences("one sentence") == ["one sentence"]
+
+
+def test_windows_end_at_sentence_ends_so_no_sentence_of_half_a_window_is_cut() -> None:
+    rng = random.Random(3)
+    sentences = [benign_text(rng.randint(10, 150), seed=i).capitalize() + rng.choice(".!?") for i in range(300)]
+    text = " ".join(sentences)
+    windows = split_windows(text, 320, 80)
+    assert all(len(w) <= 320 for w in windows)
+    assert all(w.endswith((".", "!", "?")) for w in windows)
+    for sentence in sentences:
+        assert any(sentence in window for window in windows), sentence
+    # every character is covered, in order
+    position = 0
+    for window in windows:
+        start = text.index(window, max(0, position - 320))
+        assert start <= position
+        position = start + len(window)
+    assert position == len(text)
 
 
 # ----------------------------------------------------------------------------- a streamed reply, window by window

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -42,6 +41,7 @@ import numpy as np
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict, undecided_verdict
 from guardgraph.nodes.guards.base import Guard
+from guardgraph.nodes.guards.sentences import split_sentences
 from guardgraph.nodes.guards.thresholds import reaches
 from guardgraph.nodes.guards.windowed import split_windows
 from guardgraph.policies.model import Category, Policy
@@ -50,7 +50,6 @@ from guardgraph.policies.model import Category, Policy
 WINDOW_CHARS = 320
 WINDOW_OVERLAP_CHARS = 80
 SENTENCES_FROM_CHARS = 160  # longer texts are also read sentence by sentence
-SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 ENCODE_BATCH = 16
 # Total weight of each kind of negative against the positives' 1.0 (the counter-examples matter most).
 NEGATIVE_WEIGHTS = {"counter_examples": 0.45, "other_examples": 0.15, "generic_benign": 0.4}
@@ -72,8 +71,7 @@ def pieces(text: str) -> list[str]:
     windows = split_windows(text, WINDOW_CHARS, WINDOW_OVERLAP_CHARS)
     if len(text) <= SENTENCES_FROM_CHARS:
         return windows
-    sentences = [s.strip() for s in SENTENCE_BREAK.split(text) if s.strip()]
-    return list(dict.fromkeys([*windows, *sentences]))
+    return list(dict.fromkeys([*windows, *split_sentences(text)]))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Long input: check a message longer than the guard's window in overlapping windows.
 
 Nothing is truncated unchecked. The checked (last) message is cut into windows of at most
-``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall on whitespace where there is
-some nearby, so words stay whole); each window is checked as the last turn, after the earlier turns as
-context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
-inner guard in ONE ``check_batch``. The message's verdict is the worst window's: unsafe if any window is
-unsafe (categories merged, max score), else error/unparseable if any window is, else safe. Windows checked
-recently are not checked again (``guardgraph.nodes.guards.incremental``): as a streamed reply grows, each
-chunk check sends only the windows with new text to the inner guard.
+``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall at sentence ends, else on
+whitespace, so sentences and words stay whole); each window is checked as the last turn, after the earlier
+turns as context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
+inner guard in ONE ``check_batch``, each distinct window once. The message's verdict is the worst window's:
+unsafe if any window is unsafe (categories merged, max score), else error/unparseable if any window is, else
+safe. Windows checked recently are not checked again (``guardgraph.nodes.guards.incremental``): as a streamed
+reply grows, each chunk check sends only the windows with new text to the inner guard.
 
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
@@ -23,6 +23,7 @@ from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.incremental import IncrementalWindows
+from guardgraph.nodes.guards.sentences import sentence_breaks
 
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
 LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions
@@ -35,9 +36,10 @@ _SEVERITY = {Outcome.UNSAFE: 4, Outcome.ERROR: 3, Outcome.UNPARSEABLE: 2, Outcom
 def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]:
     """Overlapping windows covering every character of ``text``; one window when it fits.
 
-    Each window ends on whitespace when there is some in its last quarter, and the next window starts
-    ``overlap_chars`` before that end (moved forward to a word start), so a sentence cut at one edge is
-    whole in the other window when it is shorter than the overlap.
+    Each window ends at the last sentence end in its second half (:mod:`guardgraph.nodes.guards.sentences`),
+    else on whitespace in its last quarter; the next window starts ``overlap_chars`` before that end, moved
+    forward to a sentence start, else to a word start. So a sentence is cut only where no sentence ends in half a
+    window, and the overlap gives each window some of the text before it.
     """
     if window_chars <= 0:
         raise ValueError("window_chars must be positive")
@@ -49,14 +51,35 @@ def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]
     while True:
         end = min(start + window_chars, len(text))
         if end < len(text):
-            cut = _last_space(text, start + window_chars * 3 // 4, end)
+            cut = _last_sentence_end(text, start + window_chars // 2, end)
+            if cut is None:
+                cut = _last_space(text, start + window_chars * 3 // 4, end)
             end = cut if cut is not None else end
         windows.append(text[start:end])
         if end >= len(text):
             return windows
         next_start = max(end - overlap_chars, start + 1)
-        space = _first_space(text, next_start, min(end, next_start + overlap_chars // 4 + 1))
-        start = space + 1 if space is not None and space + 1 < end else next_start
+        begin = _first_sentence_start(text, next_start, end)
+        if begin is None:
+            space = _first_space(text, next_start, min(end, next_start + overlap_chars // 4 + 1))
+            begin = space + 1 if space is not None and space + 1 < end else next_start
+        start = begin
+
+
+def _last_sentence_end(text: str, low: int, high: int) -> int | None:
+    """The last sentence end in ``(low, high]`` (the break's whitespace starts there)."""
+    ends = [end for end, _ in sentence_breaks(text, low + 1, high + 1)]
+    return ends[-1] if ends else None
+
+
+def _first_sentence_start(text: str, low: int, high: int) -> int | None:
+    """The first sentence start in ``[low, high)``."""
+    for _, begin in sentence_breaks(text, max(0, low - 1), high):
+        if low <= begin < high:
+            return begin
+        if begin >= high:
+            return None
+    return None
 
 
 def _last_space(text: str, low: int, high: int) -> int | None:
@@ -148,7 +171,7 @@ class WindowedGuard:
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         plans = [self.windows_of(request) for request in requests]
         flat = [window for plan in plans for window in plan]
-        verdicts = self._windows.check_batch(flat) if flat else []
+        verdicts = check_distinct(self._windows, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
         results: list[Verdict] = []
@@ -191,6 +214,29 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
         latency_ms=sum(v.latency_ms for v in verdicts),
         metadata={**worst.metadata, "windows": len(verdicts), "flagged_windows": flagged},
     )
+
+
+def check_distinct(guard: Guard, requests: Sequence[GuardRequest]) -> list[Verdict]:
+    """``guard.check_batch(requests)``, each distinct request checked once: repeated text (a pasted paragraph,
+    a padded message) yields the same windows many times. A repeat's verdict costs no latency of its own."""
+    first: dict[tuple[object, ...], int] = {}
+    distinct: list[GuardRequest] = []
+    slots: list[int] = []
+    for request in requests:
+        key = (request.role, request.turns, id(request.policy))
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(request)
+        slots.append(first[key])
+    verdicts = guard.check_batch(distinct) if distinct else []
+    if len(verdicts) != len(distinct):
+        return verdicts  # the caller reports the mismatch
+    seen: set[int] = set()
+    out: list[Verdict] = []
+    for slot in slots:
+        out.append(verdicts[slot] if slot not in seen else verdicts[slot].with_updates(latency_ms=0.0))
+        seen.add(slot)
+    return out
 
 
 def windowed(guard: Guard, **options: Any) -> Guard:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from guardgraph.nodes.guards.sentences import split_sentences
+
 CONTRAST_FILE = Path(__file__).resolve().parent / "contrast.yaml"
 
 # benign sets that are huge and homogeneous: subsample
@@ -324,3 +326,98 @@ def synth_compliance(prompts: list[Example], replies: dict[str, str]) -> list[Ex
         elif _COMPLIANCE.search(head):
             out.append(Example(e.prompt, reply, 1, e.hazards, e.hazards_known, "synth:compliance", group=e.group))
     return out
+
+
+def _checked(e: Example) -> str:
+    return e.prompt if e.response is None else e.response
+
+
+# Harmless texts whose sentences may still read as harmful alone (adversarial or jailbreak-shaped benign prompts,
+# statements labeled for their stance) or that are synthetic fillers themselves: never filler, never a sentence row.
+NOT_PASSAGE_SOURCES = (
+    "wildguardtest_prompt_subset",
+    "jailbreakbench",
+    "toxigen",
+    "do_not_answer_prompts",
+    "synth:padded",
+    "synth:window",
+    "synth:sentence",
+)
+
+
+def _harmless_passages(examples: list[Example]) -> list[list[str]]:
+    """The sentences of every ordinary harmless text of two sentences or more (prompts and replies), in order."""
+    passages = []
+    for e in examples:
+        if e.label == 0 and not e.source.startswith(NOT_PASSAGE_SOURCES):
+            sentences = [s for s in split_sentences(_checked(e)) if len(s.split()) >= 3]
+            if len(sentences) >= 2:
+                passages.append(sentences)
+    return passages
+
+
+def _run_of_sentences(passages: list[list[str]], budget: int, rng: random.Random) -> list[str]:
+    """Consecutive sentences of one passage, together at most ``budget`` characters (a few tries, else none)."""
+    for _ in range(8):
+        passage = rng.choice(passages)
+        start = rng.randrange(len(passage))
+        run: list[str] = []
+        for sentence in passage[start:]:
+            if sum(len(s) + 1 for s in run) + len(sentence) > budget:
+                break
+            run.append(sentence)
+        if run:
+            return run
+    return []
+
+
+def synth_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
+    """Requests and replies inside a window of harmless sentences, as the windowed guard cuts long text: whole
+    sentences of another harmless text fill a third to all of the window's room, before, after or around the
+    request (User rows) or the reply (Agent rows). Harmful stays harmful, harmless stays harmless; up to ``n``
+    rows per role and label, each in its request's group (same split)."""
+    rng = random.Random(seed)
+    passages = _harmless_passages(examples)
+    out: list[Example] = []
+    for agent in (False, True):
+        for label in (1, 0):
+            pool = [
+                e
+                for e in examples
+                if e.label == label
+                and (e.response is not None) == agent
+                and 0 < len(_checked(e)) <= max_chars * 2 // 3
+                and not e.source.startswith(("synth:padded", "synth:window", "synth:sentence"))
+            ]
+            for e in rng.sample(pool, min(n, len(pool))):
+                core = _checked(e).strip()
+                room = max_chars - len(core) - 1
+                run = _run_of_sentences(passages, rng.randint(room // 3, room), rng)
+                if not run:
+                    continue
+                where = rng.random()
+                cut = rng.randint(0, len(run)) if where >= 0.75 else len(run) if where < 0.5 else 0
+                text = " ".join([*run[:cut], core, *run[cut:]])
+                role = "agent" if agent else "user"
+                source = f"synth:window_{role}_{'unsafe' if label else 'safe'}"
+                prompt, response = (e.prompt, text) if agent else (text, None)
+                out.append(Example(prompt, response, label, e.hazards, e.hazards_known, source, group=e.group))
+    return out
+
+
+def synth_sentences(examples: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """Single sentences of harmless texts (documents, answers, stories) as harmless User checks, so that one
+    sentence read alone is judged on what it says rather than on being short. Each in its text's group."""
+    rng = random.Random(seed)
+    rows = [
+        (sentence, e)
+        for e in examples
+        if e.label == 0 and not e.source.startswith(NOT_PASSAGE_SOURCES) and len(split_sentences(_checked(e))) >= 2
+        for sentence in split_sentences(_checked(e))
+        if len(sentence.split()) >= 3
+    ]
+    unique = list({sentence: (sentence, e) for sentence, e in rows}.values())
+    return [
+        Example(sentence, None, 0, (), True, "synth:sentence", group=e.group)
+        for sentence, e in rng.sample(unique, min(n, len(unique)))
+    ]

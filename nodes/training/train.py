@@ -23,7 +23,15 @@ from safetensors.torch import save_file
 
 from guardgraph.nodes.evaluation.metrics import average_precision, confusion_counts, rates
 from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT
-from guardgraph.nodes.guards.offline.network import HAZARDS, MAX_LEN, GuardNet, encode_pair, load_base, pad_batch
+from guardgraph.nodes.guards.offline.network import (
+    HAZARDS,
+    MAX_LEN,
+    GuardNet,
+    encode_pair,
+    load_base,
+    load_trained,
+    pad_batch,
+)
 from guardgraph.nodes.training.benign_negatives import benign_negative_tensors
 from guardgraph.nodes.training.data import (
     Example,
@@ -36,6 +44,8 @@ from guardgraph.nodes.training.data import (
     synth_openers,
     synth_padded,
     synth_refusals,
+    synth_sentences,
+    synth_windows,
 )
 from guardgraph.nodes.training.replies import compliance_prompts, generate, load_replies, reply_prompts
 
@@ -142,6 +152,98 @@ def choose_threshold(y: np.ndarray, logit: np.ndarray, target_fpr: float) -> flo
     return best
 
 
+NEW_ROW_SOURCES = ("synth:window", "synth:sentence")
+
+
+def choose_thresholds(held: list[Example], held_logits: np.ndarray) -> dict[str, float]:
+    """One logit threshold per role (:func:`choose_threshold` on that role's held-out rows)."""
+    y_held = np.array([e.label for e in held])
+    agent_held = np.array([e.response is not None for e in held])
+    return {
+        role: choose_threshold(y_held[rows], held_logits[rows, 0], TARGET_FPR)
+        for role, rows in (("User", ~agent_held), ("Agent", agent_held))
+    }
+
+
+def heldout_report(held: list[Example], held_logits: np.ndarray, thresholds: dict[str, float]) -> dict:
+    """Held-out metrics at ``thresholds``: per role (all rows, and without the window and single-sentence rows,
+    which recipes without them lack), per source, contrast prompts, and hazard top-1 accuracy."""
+    y_held = np.array([e.label for e in held])
+    agent_held = np.array([e.response is not None for e in held])
+    older = np.array([not e.source.startswith(NEW_ROW_SOURCES) for e in held])
+    report: dict = {}
+    for role, held_rows in (("User", ~agent_held), ("Agent", agent_held)):
+        report[role] = metrics(y_held[held_rows], held_logits[held_rows, 0], thresholds[role])
+        rows = held_rows & older
+        report[f"{role} without window/sentence rows"] = metrics(y_held[rows], held_logits[rows, 0], thresholds[role])
+    by_source: dict = {}
+    sources = defaultdict(list)
+    for i, e in enumerate(held):
+        sources[e.source].append(i)
+    for source, idx in sorted(sources.items()):
+        role = "Agent" if held[idx[0]].response is not None else "User"
+        by_source[source] = metrics(y_held[idx], held_logits[idx, 0], thresholds[role])
+    contrast_idx = [i for i, e in enumerate(held) if e.source.startswith("contrast:") and e.response is None]
+    report["contrast_prompts"] = metrics(y_held[contrast_idx], held_logits[contrast_idx, 0], thresholds["User"])
+    # hazard accuracy on held-out unsafe rows with known hazards
+    hz_hits: Counter[str] = Counter()
+    for i, e in enumerate(held):
+        if e.label and e.hazards:
+            probs = 1 / (1 + np.exp(-held_logits[i, 1:]))
+            hz_hits["rows"] += 1
+            hz_hits["top1_in_gold"] += int(HAZARDS[int(np.argmax(probs))] in e.hazards)
+    report["hazard_top1_accuracy"] = round(hz_hits["top1_in_gold"] / max(1, hz_hits["rows"]), 4)
+    report["by_source"] = by_source
+    return report
+
+
+SENTENCE_MARGINS = [i / 4 for i in range(33)]  # the grid a role's sentence margin is chosen on: 0, 0.25, ..., 8
+MAX_FPR_RISE = 0.01  # what sentence evidence may add to a role's FPR over the windows alone
+
+
+def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dict:
+    """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
+    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
+    role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
+    README.md chooses (the smallest that adds at most :data:`MAX_FPR_RISE` to the role's FPR; None if none does).
+    """
+    from guardgraph.nodes.checks.request import GuardRequest, Turn
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.thresholds import with_thresholds
+    from guardgraph.nodes.guards.windowed import windowed
+    from guardgraph.policies.loader import load_policy
+
+    policy = load_policy("llama-guard-3")
+    rows = [e for e in held if not e.source.startswith(NEW_ROW_SOURCES) and (e.response or e.prompt).strip()]
+    requests = [
+        GuardRequest("User", (Turn("user", e.prompt),), policy)
+        if e.response is None
+        else GuardRequest("Agent", (Turn("user", e.prompt), Turn("assistant", e.response)), policy)
+        for e in rows
+    ]
+    labels = np.array([e.label for e in rows])
+    agent = np.array([r.role == "Agent" for r in requests])
+    guard = OfflineGuard(artifact_dir, device=device, sentence_evidence={})
+    deployed = windowed(with_thresholds(guard))
+    batches = [requests[i : i + 32] for i in range(0, len(requests), 32)]
+    blocked = np.array([v.blocks for batch in batches for v in deployed.check_batch(batch)])
+    found = [m for batch in batches for m in guard.sentence_margins(batch)]
+    margins = np.array([-np.inf if m is None else m[0] for m in found])
+    report: dict = {"windows": {}, "sentence_margin": {}, "windows and sentences": {}, "sweep": {}}
+    for role, mask in (("User", ~agent), ("Agent", agent)):
+        alone = metrics(labels[mask], blocked[mask].astype(float), 0.5)
+        sweep = {
+            margin: metrics(labels[mask], (blocked[mask] | (margins[mask] >= margin)).astype(float), 0.5)
+            for margin in SENTENCE_MARGINS
+        }
+        chosen = next((m for m, r in sweep.items() if (r["fpr"] or 0.0) <= (alone["fpr"] or 0.0) + MAX_FPR_RISE), None)
+        report["windows"][role] = alone
+        report["sentence_margin"][role] = chosen
+        report["windows and sentences"][role] = None if chosen is None else sweep[chosen]
+        report["sweep"][role] = {str(m): (r["recall"], r["fpr"]) for m, r in sweep.items()}
+    return report
+
+
 def build_examples(
     datasets: Path,
     replies_path: Path,
@@ -151,12 +253,15 @@ def build_examples(
     compliance: bool,
     cached_replies_only: bool,
     threads: int = 2,
+    windows: int = 0,
+    sentences: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
     The chat model's replies come from ``replies_path`` (generated for missing prompts unless
     ``cached_replies_only``). The model-answer rows to harmful requests come last, so the rows sampled before
-    them are the same with or without them."""
+    them are the same with or without them; the windows and single sentences come after those, for the same
+    reason."""
     rows = load_train_rows(datasets, seed=seed)
     contrast, refusals = load_contrast(seed=seed)
     examples = rows + contrast
@@ -178,6 +283,8 @@ def build_examples(
     examples += synth_openers(answers, n=openers, seed=seed)
     examples += synth_padded(examples, n=600, seed=seed)
     examples += synth_compliance(to_comply, replies)
+    examples += synth_windows(examples, n=windows, seed=seed) if windows else []
+    examples += synth_sentences(examples, n=sentences, seed=seed) if sentences else []
     return examples
 
 
@@ -199,6 +306,27 @@ def main(argv: list[str] | None = None) -> None:
         default=False,
         help="add the chat model's answers to train/'s plain harmful requests (compliant: unsafe, refusal: safe); "
         "off in the shipped recipe: see README.md, 'Model-written compliance'",
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        help="requests and replies inside a window of harmless sentences, per role and label (data.synth_windows)",
+    )
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=0,
+        help="single sentences of harmless texts, as User rows (data.synth_sentences)",
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
+    )
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        default=None,
+        help="train nothing: report this artifact's held-out metrics at its own thresholds, on the rows built here",
     )
     parser.add_argument("--limit", type=int, default=0, help="debug: use only this many rows")
     parser.add_argument("--threads", type=int, default=2)
@@ -232,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         compliance=args.compliance,
         cached_replies_only=args.cached_replies_only,
         threads=args.threads,
+        windows=args.windows,
+        sentences=args.sentences,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
@@ -240,8 +370,17 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer, base = load_base()
     net = GuardNet(base, split=args.split).to(args.device)
+    start_from = args.evaluate or args.init
+    if start_from is not None:
+        load_trained(net, start_from)
     enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
     enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
+    if args.evaluate is not None:
+        shipped = json.loads((args.evaluate / "config.json").read_text())["unsafe_logit_threshold"]
+        report = heldout_report(held, predict(net, precompute_lower(net, enc_held, args.device)), shipped)
+        report["deployed"] = deployed_report(held, args.evaluate, args.device)
+        print(json.dumps(report, indent=1), flush=True)
+        return
     if args.cache is not None and args.cache.is_file():
         low_train, low_held = torch.load(args.cache, map_location=args.device)
         assert len(low_train) == len(train) and len(low_held) == len(held), "stale cache"
@@ -309,32 +448,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # thresholds and held-out metrics
     held_logits = predict(net, low_held)
-    y_held = np.array([e.label for e in held])
-    agent_held = np.array([e.response is not None for e in held])
-    thresholds = {}
-    report: dict = {}
-    for role, held_rows in (("User", ~agent_held), ("Agent", agent_held)):
-        t = choose_threshold(y_held[held_rows], held_logits[held_rows, 0], TARGET_FPR)
-        thresholds[role] = t
-        report[role] = metrics(y_held[held_rows], held_logits[held_rows, 0], t)
-    by_source: dict = {}
-    sources = defaultdict(list)
-    for i, e in enumerate(held):
-        sources[e.source].append(i)
-    for source, idx in sorted(sources.items()):
-        role = "Agent" if held[idx[0]].response is not None else "User"
-        by_source[source] = metrics(y_held[idx], held_logits[idx, 0], thresholds[role])
-    contrast_idx = [i for i, e in enumerate(held) if e.source.startswith("contrast:") and e.response is None]
-    report["contrast_prompts"] = metrics(y_held[contrast_idx], held_logits[contrast_idx, 0], thresholds["User"])
-    # hazard accuracy on held-out unsafe rows with known hazards
-    hz_hits: Counter[str] = Counter()
-    for i, e in enumerate(held):
-        if e.label and e.hazards:
-            probs = 1 / (1 + np.exp(-held_logits[i, 1:]))
-            hz_hits["rows"] += 1
-            hz_hits["top1_in_gold"] += int(HAZARDS[int(np.argmax(probs))] in e.hazards)
-    report["hazard_top1_accuracy"] = round(hz_hits["top1_in_gold"] / max(1, hz_hits["rows"]), 4)
-    report["by_source"] = by_source
+    thresholds = choose_thresholds(held, held_logits)
+    report = heldout_report(held, held_logits, thresholds)
     print(json.dumps({k: v for k, v in report.items() if k != "by_source"}, indent=1), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,10 @@ Only the fine-tuned layers and the heads are stored in the artifact; the base we
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from guardgraph.nodes.shipped_models import minilm_dir
@@ -110,4 +112,17 @@ class GuardNet(nn.Module):
         return self.head(self.dropout(mean_pool(hidden, attention_mask)))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("top.", "head."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED)}
+
+
+TRAINED = ("top.", "head.")
+
+
+def load_trained(net: GuardNet, artifact_dir: Path) -> dict[str, torch.Tensor]:
+    """Load an artifact's fine-tuned layers and heads into ``net``; returns the artifact's other tensors."""
+    state = load_file(str(Path(artifact_dir) / "weights.safetensors"))
+    extra = {k: state.pop(k) for k in list(state) if not k.startswith(TRAINED)}
+    missing = net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing.unexpected_keys or any(k.startswith(TRAINED) for k in missing.missing_keys):
+        raise RuntimeError(f"offline guard artifact does not match the network: {missing}")
+    return extra

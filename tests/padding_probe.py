@@ -1,0 +1,119 @@
+"""The padding probe's rows: harmful and benign requests (User) and replies (Agent), alone and buried in
+harmless text (tests/fixtures/padding_probe.yaml), and the long benign texts (tests/fixtures/long_benign.yaml),
+as labeled evaluation rows.
+
+``python -m tests.padding_probe DIR`` writes them as JSONL files for ``guardgraph eval`` (one file per role:
+the probe alone and padded, the long benign texts).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from guardgraph.nodes.checks.request import Turn
+from guardgraph.nodes.evaluation.datasets import EvalRow
+
+PROBE_FILE = Path(__file__).parent / "fixtures" / "padding_probe.yaml"
+LONG_BENIGN_FILE = Path(__file__).parent / "fixtures" / "long_benign.yaml"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request (User) or prompt and reply (Agent), and its label."""
+
+    role: str
+    label: str
+    text: str
+    prompt: str = ""
+
+    def row(self, text: str, source: str, index: int) -> EvalRow:
+        turns = (Turn("user", text),) if self.role == "User" else (Turn("user", self.prompt), Turn("assistant", text))
+        return EvalRow(f"{source}/{index}", self.label, self.role, turns, source=source)  # type: ignore[arg-type]
+
+
+def load_probe(path: Path = PROBE_FILE) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def items(probe: dict) -> list[Item]:
+    out = [Item("User", label, text) for label in ("unsafe", "safe") for text in probe["user"][label]]
+    out += [
+        Item("Agent", label, p["reply"], p["prompt"]) for label in ("unsafe", "safe") for p in probe["agent"][label]
+    ]
+    return out
+
+
+def cut_padding(text: str, length: int) -> str:
+    """``text`` (repeated when too short) up to the first sentence or line end at or after ``length``."""
+    joiner = "\n" if "\n" in text else " "
+    while len(text) < length + 1:
+        text = text + joiner + text
+    for end in range(max(1, length), len(text)):
+        if text[end] == "\n" or (text[end - 1] in ".!?" and text[end].isspace()):
+            return text[:end].rstrip()
+    return text
+
+
+def place(padding: str, text: str, placement: str) -> str:
+    joiner = "\n" if "\n" in padding else " "
+    if placement == "after":
+        return padding + joiner + text
+    if placement == "before":
+        return text + joiner + padding
+    half = cut_padding(padding, len(padding) // 2)
+    return half + joiner + text + joiner + padding[len(half) :].lstrip()
+
+
+def alone_rows(probe: dict) -> list[EvalRow]:
+    return [item.row(item.text, "alone", i) for i, item in enumerate(items(probe))]
+
+
+def padded_rows(probe: dict) -> list[EvalRow]:
+    """Every item under every padding and length; rows sharing a padding and a length are adjacent."""
+    placements = probe["placements"]
+    rows = []
+    for p, (name, padding) in enumerate(probe["paddings"].items()):
+        for n, length in enumerate(probe["lengths"]):
+            cut = cut_padding(padding.strip(), length)
+            for i, item in enumerate(items(probe)):
+                placement = placements[(p + n + i) % len(placements)]
+                rows.append(item.row(place(cut, item.text, placement), f"{name}/{length}/{placement}", i))
+    return rows
+
+
+def long_benign_rows(path: Path = LONG_BENIGN_FILE) -> list[EvalRow]:
+    """Each long benign text pasted by the user under its prompt (User), then as the reply to it (Agent)."""
+    texts = yaml.safe_load(path.read_text(encoding="utf-8"))["texts"]
+    pasted = [Item("User", "safe", f"{t['prompt']}\n\n{t['text']}") for t in texts]
+    replies = [Item("Agent", "safe", t["text"], t["prompt"]) for t in texts]
+    return [item.row(item.text, "long_benign", i) for i, item in enumerate(pasted + replies)]
+
+
+def write_jsonl(directory: Path) -> list[Path]:
+    """``probe_{user,agent}_{alone,padded}.jsonl`` and ``long_benign_{user,agent}.jsonl`` in ``directory``, in the
+    evaluation data format."""
+    probe = load_probe()
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    sets = (("probe_{}_alone", alone_rows(probe)), ("probe_{}_padded", padded_rows(probe)))
+    for name, rows in (*sets, ("long_benign_{}", long_benign_rows())):
+        for role in ("User", "Agent"):
+            path = directory / f"{name.format(role.lower())}.jsonl"
+            with path.open("w", encoding="utf-8") as handle:
+                for row in rows:
+                    if row.role == role:
+                        messages = [{"role": t.speaker, "content": t.text} for t in row.turns]
+                        record = {"id": row.id, "source": row.source, "label": row.label, "conversation": messages}
+                        handle.write(json.dumps(record) + "\n")
+            paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for written in write_jsonl(Path(sys.argv[1] if len(sys.argv) > 1 else "probe")):
+        print(written)
