@@ -228,3 +228,15 @@ def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_p
     assert strict.score == windows_only.score and "sentence" not in strict.metadata
     agent_only = OfflineGuard(sentence_evidence={"Agent": 0.0}).check(padded)
     assert agent_only.score == windows_only.score  # the User role reads no sentences
+
+
+def test_sentence_evidence_for_an_unknown_role_names_the_artifact(tmp_path):
+    import json
+    import shutil
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    config = json.loads((artifact / "config.json").read_text())
+    (artifact / "config.json").write_text(json.dumps({**config, "sentence_evidence": {"user": 1.0}}))
+    with pytest.raises(ValueError, match=r"artifact/config.json: sentence_evidence for unknown roles \['user'\]"):
+        OfflineGuard(artifact)

@@ -69,6 +69,9 @@ class OfflineGuard(BaseGuard):
         # text (see _sentence_evidence); a role without one reads no sentences. The artifact says, as chosen for
         # its model on held-out rows (nodes/training/README.md).
         chosen = self.config.get("sentence_evidence", {}) if sentence_evidence is None else sentence_evidence
+        unknown = sorted(set(chosen) - set(self.thresholds))
+        if unknown:
+            raise ValueError(f"{self.artifact_dir / 'config.json'}: sentence_evidence for unknown roles {unknown}")
         self.sentence_evidence = {role: float(margin) for role, margin in chosen.items()}
 
     @classmethod
