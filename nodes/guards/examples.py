@@ -32,7 +32,7 @@ import functools
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,23 +110,29 @@ class SentenceEncoder:
         self.precision = encoder_precision(device, precision)
         self.tokenizer, self.model = load_base(device)
         self.model.to(dtype=torch.float32 if self.precision == "int8" else getattr(torch, self.precision))
+        self.model.requires_grad_(False)
         config = self.model.config
         self.dimension = int(config.hidden_size)
         self.heads = int(config.num_attention_heads)
-        self.model.requires_grad_(False)
+        embeddings = self.model.embeddings
+        # Every text is one segment read from position 0, so position and segment embeddings add up to one table.
+        self.word_embeddings = embeddings.word_embeddings.weight
+        self.position_and_segment = embeddings.position_embeddings.weight + embeddings.token_type_embeddings.weight[0]
+        self.embedding_norm = _norm(embeddings.LayerNorm)
         self.layers = []
         for layer in self.model.encoder.layer:
             attention = layer.attention.self
-            qkv = torch.nn.Linear(self.dimension, 3 * self.dimension, device=device, dtype=attention.query.weight.dtype)
-            with torch.no_grad():
-                qkv.weight.copy_(torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]))
-                qkv.bias.copy_(torch.cat([attention.query.bias, attention.key.bias, attention.value.bias]))
-            qkv.requires_grad_(False)
-            linears = [qkv, layer.attention.output.dense, layer.intermediate.dense, layer.output.dense]
-            if self.precision == "int8":
-                linears = _quantized(linears)
-            qkv, out, up, down = linears
-            self.layers.append((qkv, out, layer.attention.output.LayerNorm, up, down, layer.output.LayerNorm))
+            qkv_weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+            qkv_bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+            weights = [
+                (qkv_weight, qkv_bias),
+                (layer.attention.output.dense.weight, layer.attention.output.dense.bias),
+                (layer.intermediate.dense.weight, layer.intermediate.dense.bias),
+                (layer.output.dense.weight, layer.output.dense.bias),
+            ]
+            qkv, out, up, down = _int8_linears(weights) if self.precision == "int8" else map(_float_linear, weights)
+            norm1, norm2 = _norm(layer.attention.output.LayerNorm), _norm(layer.output.LayerNorm)
+            self.layers.append((qkv, out, norm1, up, down, norm2))
 
     @property
     def space(self) -> str:
@@ -135,18 +141,22 @@ class SentenceEncoder:
 
     def hidden_states(self, batch: Mapping[str, Any]) -> Any:
         """The last layer's hidden states [batch, tokens, dimension] for a padded batch."""
-        import torch
         from torch.nn import functional
 
-        hidden = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        size, length, width = hidden.shape
+        ids = batch["input_ids"]
+        size, length = ids.shape
+        width = self.dimension
+        embedded = functional.embedding(ids, self.word_embeddings) + self.position_and_segment[:length]
+        hidden = functional.layer_norm(embedded, (width,), *self.embedding_norm)
         mask = batch["attention_mask"]
         keep = None if bool(mask.all()) else mask[:, None, None, :].bool()
         for qkv, out, norm1, up, down, norm2 in self.layers:
             q, k, v = qkv(hidden).view(size, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
             attended = functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-            hidden = norm1(out(attended.transpose(1, 2).reshape(size, length, width)) + hidden)
-            hidden = norm2(down(torch.nn.functional.gelu(up(hidden))) + hidden)
+            hidden = functional.layer_norm(
+                out(attended.transpose(1, 2).reshape(size, length, width)) + hidden, (width,), *norm1
+            )
+            hidden = functional.layer_norm(down(functional.gelu(up(hidden))) + hidden, (width,), *norm2)
         return hidden
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -191,15 +201,41 @@ def encoder_precision(device: str, requested: str = "auto") -> str:
     return str(native).removeprefix("torch.")
 
 
-def _quantized(linears: Sequence[Any]) -> list[Any]:
-    """``linears`` as dynamically quantized int8 layers, weights quantized per output channel."""
+def _norm(layer_norm: Any) -> tuple[Any, Any, float]:
+    """A LayerNorm module's weight, bias and epsilon, for ``torch.nn.functional.layer_norm``."""
+    return layer_norm.weight, layer_norm.bias, float(layer_norm.eps)
+
+
+def _float_linear(weight_and_bias: tuple[Any, Any]) -> Callable[[Any], Any]:
+    """``x -> x @ weight.T + bias``."""
+    from torch.nn import functional
+
+    weight, bias = weight_and_bias
+    return functools.partial(functional.linear, weight=weight, bias=bias)
+
+
+def _int8_linears(weights: Sequence[tuple[Any, Any]]) -> list[Callable[[Any], Any]]:
+    """The same products with int8 weights quantized per output channel and the input quantized per call
+    (PyTorch's dynamic quantization); each calls the quantized kernel directly, as the quantized module's own
+    forward does, without the module's per-call overhead."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    modules = []
+    for weight, bias in weights:
+        module = torch.nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            module.weight.copy_(weight)
+            module.bias.copy_(bias)
+        modules.append(module)
     with warnings.catch_warnings():  # PyTorch marks its eager quantization API for a later move to torchao
         warnings.simplefilter("ignore")
-        quantized = quantize_dynamic(torch.nn.Sequential(*linears), {torch.nn.Linear: per_channel_dynamic_qconfig})
-    return list(quantized)
+        quantized = quantize_dynamic(torch.nn.Sequential(*modules), {torch.nn.Linear: per_channel_dynamic_qconfig})
+    kernel = torch.ops.quantized.linear_dynamic
+    return [
+        functools.partial(kernel, W_prepack=layer._packed_params._packed_params, reduce_range=True)
+        for layer in quantized
+    ]
 
 
 @functools.lru_cache(maxsize=1)
