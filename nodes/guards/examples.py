@@ -179,9 +179,16 @@ class SentenceEncoder:
 
 
 def int8_available() -> bool:
-    """Whether this PyTorch can run dynamically quantized int8 linear layers on the CPU."""
+    """Whether this PyTorch can run dynamically quantized int8 linear layers on the CPU (its eager quantization
+    API is marked for a move to torchao: without it the encoder runs in float32)."""
     import torch
 
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # noqa: F401
+
+        torch.ops.quantized.linear_dynamic  # noqa: B018 (raises when the kernel is missing)
+    except (ImportError, AttributeError, RuntimeError):
+        return False
     return torch.backends.quantized.engine in ("x86", "fbgemm", "onednn", "qnnpack")
 
 
