@@ -140,7 +140,8 @@ class SentenceEncoder:
         return "int8" if self.precision == "int8" else "float"
 
     def hidden_states(self, batch: Mapping[str, Any]) -> Any:
-        """The last layer's hidden states [batch, tokens, dimension] for a padded batch."""
+        """The last layer's hidden states [batch, tokens, dimension] for a padded batch of single-segment texts
+        (``encode_pair(tokenizer, text, None)``, as :meth:`embed` makes them)."""
         from torch.nn import functional
 
         ids = batch["input_ids"]
