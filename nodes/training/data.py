@@ -421,3 +421,24 @@ def synth_sentences(examples: list[Example], n: int, seed: int = 0) -> list[Exam
         Example(sentence, None, 0, (), True, "synth:sentence", group=e.group)
         for sentence, e in rng.sample(unique, min(n, len(unique)))
     ]
+
+
+def synth_reply_sentences(examples: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """Single sentences of harmless replies as harmless Agent checks under their prompts, as the windowed guard
+    reads a reply's sentences (``guardgraph.nodes.guards.windowed``). Each in its reply's group."""
+    rng = random.Random(seed)
+    rows = [
+        (sentence, e)
+        for e in examples
+        if e.label == 0
+        and e.response is not None
+        and not e.source.startswith(NOT_PASSAGE_SOURCES)
+        and len(split_sentences(e.response)) >= 2
+        for sentence in split_sentences(e.response)
+        if len(sentence.split()) >= 3
+    ]
+    unique = list({(e.prompt, sentence): (sentence, e) for sentence, e in rows}.values())
+    return [
+        Example(e.prompt, sentence, 0, (), True, "synth:sentence_reply", group=e.group)
+        for sentence, e in rng.sample(unique, min(n, len(unique)))
+    ]

@@ -44,6 +44,7 @@ from guardgraph.nodes.training.data import (
     synth_openers,
     synth_padded,
     synth_refusals,
+    synth_reply_sentences,
     synth_sentences,
     synth_windows,
 )
@@ -210,7 +211,7 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dic
     from guardgraph.nodes.checks.request import GuardRequest, Turn
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
     from guardgraph.nodes.guards.thresholds import with_thresholds
-    from guardgraph.nodes.guards.windowed import windowed
+    from guardgraph.nodes.guards.windowed import WindowedGuard, sentence_margin
     from guardgraph.policies.loader import load_policy
 
     policy = load_policy("llama-guard-3")
@@ -223,12 +224,14 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dic
     ]
     labels = np.array([e.label for e in rows])
     agent = np.array([r.role == "Agent" for r in requests])
-    guard = OfflineGuard(artifact_dir, device=device, sentence_evidence={})
-    deployed = windowed(with_thresholds(guard))
+    deployed = WindowedGuard(
+        with_thresholds(OfflineGuard(artifact_dir, device=device)), sentence_evidence={"User": 0.0, "Agent": 0.0}
+    )
+    windows_only = WindowedGuard(deployed.inner, sentence_evidence={})
     batches = [requests[i : i + 32] for i in range(0, len(requests), 32)]
-    blocked = np.array([v.blocks for batch in batches for v in deployed.check_batch(batch)])
-    found = [m for batch in batches for m in guard.sentence_margins(batch)]
-    margins = np.array([-np.inf if m is None else m[0] for m in found])
+    blocked = np.array([v.blocks for batch in batches for v in windows_only.check_batch(batch)])
+    found = [verdicts for batch in batches for verdicts in deployed.sentence_verdicts(batch)]
+    margins = np.array([max((sentence_margin(v) for v in verdicts), default=-np.inf) for verdicts in found])
     report: dict = {"windows": {}, "sentence_margin": {}, "windows and sentences": {}, "sweep": {}}
     for role, mask in (("User", ~agent), ("Agent", agent)):
         alone = metrics(labels[mask], blocked[mask].astype(float), 0.5)
@@ -255,6 +258,7 @@ def build_examples(
     threads: int = 2,
     windows: int = 0,
     sentences: int = 0,
+    reply_sentences: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -285,6 +289,7 @@ def build_examples(
     examples += synth_compliance(to_comply, replies)
     examples += synth_windows(examples, n=windows, seed=seed) if windows else []
     examples += synth_sentences(examples, n=sentences, seed=seed) if sentences else []
+    examples += synth_reply_sentences(examples, n=reply_sentences, seed=seed) if reply_sentences else []
     return examples
 
 
@@ -318,6 +323,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="single sentences of harmless texts, as User rows (data.synth_sentences)",
+    )
+    parser.add_argument(
+        "--reply-sentences",
+        type=int,
+        default=0,
+        help="single sentences of harmless replies, as Agent rows under their prompts (data.synth_reply_sentences)",
     )
     parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         windows=args.windows,
         sentences=args.sentences,
+        reply_sentences=args.reply_sentences,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))

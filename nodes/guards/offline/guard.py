@@ -23,7 +23,6 @@ from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.offline.network import HAZARDS, GuardNet, encode_pair, load_base, load_trained, pad_batch
 from guardgraph.nodes.guards.offline.precision import guard_dtype
-from guardgraph.nodes.guards.sentences import split_sentences
 from guardgraph.nodes.guards.thresholds import lowest_threshold
 from guardgraph.policies.model import Category
 
@@ -66,8 +65,8 @@ class OfflineGuard(BaseGuard):
         self.thresholds = {k: float(v) for k, v in self.config["unsafe_logit_threshold"].items()}
         self.hazard_threshold = float(self.config.get("hazard_threshold", 0.5))
         # Per role, the margin (logits over the role's threshold) at which one sentence read alone flags a longer
-        # text (see _sentence_evidence); a role without one reads no sentences. The artifact says, as chosen for
-        # its model on held-out rows (nodes/training/README.md).
+        # text: the windowed guard reads it (guardgraph.nodes.guards.windowed); a role without one reads no
+        # sentences. The artifact says, as chosen for its model on held-out rows (nodes/training/README.md).
         chosen = self.config.get("sentence_evidence", {}) if sentence_evidence is None else sentence_evidence
         unknown = sorted(set(chosen) - set(self.thresholds))
         if unknown:
@@ -101,71 +100,8 @@ class OfflineGuard(BaseGuard):
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         pairs = [self._texts(r) for r in requests]
-        encoded = [encode_pair(self.tokenizer, p, resp, self.max_len) for p, resp in pairs]
-        logits, parts = self._sentence_evidence(requests, self._forward(encoded))
-        verdicts = [self._verdict(r, logits[i]) for i, r in enumerate(requests)]
-        return [
-            v if part is None else v.with_updates(metadata={**v.metadata, "sentence": part})
-            for v, part in zip(verdicts, parts, strict=True)
-        ]
-
-    # ------------------------------------------------------------------ sentence evidence
-    def sentence_margins(self, requests: Sequence[GuardRequest]) -> list[tuple[float, np.ndarray, int] | None]:
-        """Each request's most harmful sentence read alone, as ``(margin, logits, index)``: its margin over the
-        role's threshold, its logits, its place among the text's sentences; None for a text of one sentence.
-
-        A sentence is read as its role reads it: a sentence of a user's message as a User check, a sentence of a
-        reply as an Agent check under the user's prompt. Each distinct one is encoded once per batch, so windows
-        that overlap, or repeat, share their sentences.
-        """
-        pairs = [self._texts(r) for r in requests]
-        found = [_sentences(r.checked_text) for r in requests]
-        items = [
-            (sentence, None) if response is None else (prompt, sentence)
-            for (prompt, response), sentences in zip(pairs, found, strict=True)
-            for sentence in sentences
-        ]
-        distinct = list(dict.fromkeys(items))
-        if not distinct:
-            return [None] * len(requests)
-        logits = self._forward([encode_pair(self.tokenizer, p, r, self.max_len) for p, r in distinct])
-        index = {item: i for i, item in enumerate(distinct)}
-        out: list[tuple[float, np.ndarray, int] | None] = []
-        position = 0
-        for request, sentences in zip(requests, found, strict=True):
-            rows = [index[items[position + j]] for j in range(len(sentences))]
-            position += len(sentences)
-            if not rows:
-                out.append(None)
-                continue
-            best = max(range(len(rows)), key=lambda j: logits[rows[j], 0])
-            out.append((float(logits[rows[best], 0]) - self.thresholds[request.role], logits[rows[best]], best))
-        return out
-
-    def _sentence_evidence(
-        self, requests: Sequence[GuardRequest], logits: np.ndarray
-    ) -> tuple[np.ndarray, list[int | None]]:
-        """Each request's logits, replaced by those of its most harmful sentence where that sentence reaches its
-        role's sentence margin and says more than the whole text; and that sentence's index where it does.
-
-        The encoder mean-pools its input, so one harmful sentence among harmless ones is diluted; read alone it
-        is not. The margin keeps sentences that only look harmful out of context (a harmless instruction read
-        as a request) from flagging the text.
-        """
-        parts: list[int | None] = [None] * len(requests)
-        wanted = [k for k, r in enumerate(requests) if r.role in self.sentence_evidence]
-        if not wanted:
-            return logits, parts
-        out = logits.copy()
-        for k, found in zip(wanted, self.sentence_margins([requests[k] for k in wanted]), strict=True):
-            if found is None:
-                continue
-            margin, sentence_logits, best = found
-            threshold = self.thresholds[requests[k].role]
-            if margin >= self.sentence_evidence[requests[k].role] and margin > logits[k, 0] - threshold:
-                out[k] = sentence_logits
-                parts[k] = best
-        return out, parts
+        logits = self._forward([encode_pair(self.tokenizer, p, resp, self.max_len) for p, resp in pairs])
+        return [self._verdict(r, logits[i]) for i, r in enumerate(requests)]
 
     def _verdict(self, request: GuardRequest, logit: np.ndarray) -> Verdict:
         policy = request.policy
@@ -202,12 +138,6 @@ class OfflineGuard(BaseGuard):
                 "hazards": {h: round(p, 4) for h, p in hazard_p.items() if p >= 0.05},
             },
         )
-
-
-def _sentences(text: str) -> list[str]:
-    """The sentences of ``text`` with a letter in them; none when there is only one (the text says it all)."""
-    sentences = [s for s in split_sentences(text) if any(c.isalpha() for c in s)]
-    return sentences if len(sentences) > 1 else []
 
 
 @functools.lru_cache(maxsize=1)
