@@ -409,3 +409,16 @@ def test_sentence_margin_is_the_log_odds_of_an_unsafe_verdict() -> None:
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.97)) == pytest.approx(3.476, abs=1e-3)
     assert sentence_margin(Verdict("User", Outcome.SAFE, score=0.97)) == -math.inf  # policy thresholds said safe
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=None)) == math.inf  # a verdict without a score
+
+
+def test_length_batches_group_texts_of_similar_length_without_losing_one() -> None:
+    from guardgraph.nodes.guards.offline.network import length_batches
+
+    sentences, windows = [12, 14, 15, 18, 19, 20, 23, 29], [59, 62, 72]
+    lengths = [72, *sentences, 59, 62]  # unsorted, as a windowed check sends them
+    batches = length_batches(lengths, most=16)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert {lengths[i] for i in batches[-1]} == set(windows)  # the short ones are not padded to a window's length
+    assert all(len(batch) <= 4 for batch in length_batches([5] * 10, most=4))
+    assert length_batches([30] * 3, most=16) == [[0, 1, 2]]  # equal lengths: one pass
+    assert length_batches([], most=16) == []

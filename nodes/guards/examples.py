@@ -164,15 +164,13 @@ class SentenceEncoder:
         """One row per text, float32, unit length."""
         import torch
 
-        from guardgraph.nodes.guards.offline.network import MAX_LEN, encode_pair, mean_pool, pad_batch
+        from guardgraph.nodes.guards.offline.network import MAX_LEN, encode_pair, length_batches, mean_pool, pad_batch
 
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         items = [encode_pair(self.tokenizer, text, None, MAX_LEN) for text in texts]
-        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         size = 1 if self.precision == "int8" else ENCODE_BATCH
         with torch.inference_mode():
-            for start in range(0, len(order), size):
-                chunk = order[start : start + size]
+            for chunk in length_batches([len(ids) for ids, _ in items], size):
                 batch = pad_batch([items[i] for i in chunk], self.device)
                 pooled = mean_pool(self.hidden_states(batch), batch["attention_mask"]).float()
                 out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()

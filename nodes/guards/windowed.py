@@ -6,8 +6,9 @@ whitespace, so sentences and words stay whole); each window is checked as the la
 turns as context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
 inner guard in ONE ``check_batch``, each distinct window once. The message's verdict is the worst window's:
 unsafe if any window is unsafe (categories merged, max score), else error/unparseable if any window is, else
-safe. Windows checked recently are not checked again (``guardgraph.nodes.guards.incremental``): as a streamed
-reply grows, each chunk check sends only the windows with new text to the inner guard.
+safe. Windows (and sentences, below) checked recently are not checked again
+(``guardgraph.nodes.guards.incremental``): as a streamed reply grows, each chunk check sends only the windows with
+new text to the inner guard.
 
 Sentence evidence: a guard that pools its input (the offline guard) lets harmless text dilute one harmful
 sentence in the same window. Where the inner guard declares ``sentence_evidence`` (role -> margin ``δ``), every
@@ -212,7 +213,10 @@ class WindowedGuard:
         """The verdicts of each request's sentences read alone (:meth:`sentences_of`), as :meth:`check_batch` gets
         them; what a role's margin is chosen on (``guardgraph.nodes.training.train``)."""
         plans = [self.sentences_of(request) for request in requests]
-        verdicts = check_distinct(self._windows, [sentence for plan in plans for sentence in plan])
+        flat = [sentence for plan in plans for sentence in plan]
+        verdicts = check_distinct(self._windows, flat)
+        if len(verdicts) != len(flat):
+            raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
         out: list[list[Verdict]] = []
         for plan in plans:
             out.append(verdicts[: len(plan)])

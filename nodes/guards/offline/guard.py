@@ -21,7 +21,15 @@ import torch
 from guardgraph.nodes.checks.request import GuardRequest
 from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
-from guardgraph.nodes.guards.offline.network import HAZARDS, GuardNet, encode_pair, load_base, load_trained, pad_batch
+from guardgraph.nodes.guards.offline.network import (
+    HAZARDS,
+    GuardNet,
+    encode_pair,
+    length_batches,
+    load_base,
+    load_trained,
+    pad_batch,
+)
 from guardgraph.nodes.guards.offline.precision import guard_dtype
 from guardgraph.nodes.guards.thresholds import lowest_threshold
 from guardgraph.policies.model import Category
@@ -81,10 +89,8 @@ class OfflineGuard(BaseGuard):
     # ------------------------------------------------------------------ encoder
     def _forward(self, items: list[tuple[list[int], list[int]]]) -> np.ndarray:
         logits = np.zeros((len(items), 1 + len(HAZARDS)), dtype=np.float32)
-        order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
         with torch.inference_mode():
-            for start in range(0, len(order), BATCH):
-                chunk = order[start : start + BATCH]
+            for chunk in length_batches([len(ids) for ids, _ in items], BATCH):
                 batch = pad_batch([items[i] for i in chunk], self.device)
                 lower = self.net.lower(**batch)
                 logits[chunk] = self.net.upper(lower, batch["attention_mask"]).float().cpu().numpy()
