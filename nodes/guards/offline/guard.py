@@ -38,7 +38,7 @@ DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifact"
 # Tensors of the artifact that are not the network's: MiniLM embeddings of generic benign prompts, the example
 # classifier's negatives (``guardgraph.nodes.guards.examples``), one per encoder space.
 GENERIC_BENIGN = {"float": "generic_benign_embeddings", "int8": "generic_benign_embeddings_int8"}
-BATCH = 16  # measured best on a 2-core CPU (bf16): larger batches pad short User rows to Agent-row length
+BATCH = 16  # the most texts in one forward pass (measured best on a 2-core CPU, bf16)
 
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray:

@@ -70,9 +70,9 @@ def pad_batch(items: list[tuple[list[int], list[int]]], device: str = "cpu") -> 
     return {k: v.to(device) for k, v in batch.items()}  # filled on the CPU, moved once
 
 
-# What one more forward pass costs, in padded tokens of a batch: about 40 on a 2-core CPU (a pass over one
-# 12-token text takes as long as 40 more tokens in a batch), so short texts are not padded to a long one's length
-# to save a pass.
+# What one more forward pass costs, in padded tokens of a batch. On a 2-core CPU a pass over one 12-token text
+# takes as long as about 40 more tokens in a batch (reading the weights dominates a short pass); a little less is
+# used, as padded tokens also cost attention. So short texts are not padded to a long one's length to save a pass.
 PASS_COST_TOKENS = 32
 
 
