@@ -224,11 +224,8 @@ def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_p
     windows_only = windowed(OfflineGuard(sentence_evidence={}), incremental=False).check(padded)
     assert windows_only.outcome is Outcome.SAFE  # the pooled window dilutes the request
     strict = WindowedGuard(artifact, sentence_evidence={"User": margins[3] + 0.01}, incremental=False).check(padded)
-    assert (
-        strict.outcome is Outcome.SAFE
-        and strict.score == windows_only.score
-        and "flagged_sentences" not in strict.metadata
-    )
+    assert strict.outcome is Outcome.SAFE and "flagged_sentences" not in strict.metadata
+    assert strict.score == pytest.approx(windows_only.score, abs=1e-3)  # the window, batched with the sentences
     agent_only = WindowedGuard(artifact, sentence_evidence={"Agent": 0.0}, incremental=False).check(padded)
     assert agent_only.score == windows_only.score and "sentences" not in agent_only.metadata  # User reads none
 
