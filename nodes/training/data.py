@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -405,17 +406,24 @@ def synth_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int
     return out
 
 
+def _harmless_sentences(examples: list[Example], text_of: Callable[[Example], str | None]) -> list[tuple[str, Example]]:
+    """Each sentence of three words or more of every ordinary harmless text of two sentences or more (the text
+    ``text_of`` reads from a row, None for none), with its row."""
+    found = []
+    for e in examples:
+        text = text_of(e)
+        if e.label == 0 and text is not None and not e.source.startswith(NOT_PASSAGE_SOURCES):
+            sentences = split_sentences(text)
+            if len(sentences) >= 2:
+                found += [(sentence, e) for sentence in sentences if len(sentence.split()) >= 3]
+    return found
+
+
 def synth_sentences(examples: list[Example], n: int, seed: int = 0) -> list[Example]:
     """Single sentences of harmless texts (documents, answers, stories) as harmless User checks, so that one
     sentence read alone is judged on what it says rather than on being short. Each in its text's group."""
     rng = random.Random(seed)
-    rows = [
-        (sentence, e)
-        for e in examples
-        if e.label == 0 and not e.source.startswith(NOT_PASSAGE_SOURCES) and len(split_sentences(_checked(e))) >= 2
-        for sentence in split_sentences(_checked(e))
-        if len(sentence.split()) >= 3
-    ]
+    rows = _harmless_sentences(examples, _checked)
     unique = list({sentence: (sentence, e) for sentence, e in rows}.values())
     return [
         Example(sentence, None, 0, (), True, "synth:sentence", group=e.group)
@@ -427,16 +435,7 @@ def synth_reply_sentences(examples: list[Example], n: int, seed: int = 0) -> lis
     """Single sentences of harmless replies as harmless Agent checks under their prompts, as the windowed guard
     reads a reply's sentences (``guardgraph.nodes.guards.windowed``). Each in its reply's group."""
     rng = random.Random(seed)
-    rows = [
-        (sentence, e)
-        for e in examples
-        if e.label == 0
-        and e.response is not None
-        and not e.source.startswith(NOT_PASSAGE_SOURCES)
-        and len(split_sentences(e.response)) >= 2
-        for sentence in split_sentences(e.response)
-        if len(sentence.split()) >= 3
-    ]
+    rows = _harmless_sentences(examples, lambda e: e.response)
     unique = list({(e.prompt, sentence): (sentence, e) for sentence, e in rows}.values())
     return [
         Example(e.prompt, sentence, 0, (), True, "synth:sentence_reply", group=e.group)

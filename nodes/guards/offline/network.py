@@ -81,7 +81,7 @@ def length_batches(lengths: Sequence[int], most: int, pass_cost: int = PASS_COST
     cheapest split of the texts sorted by length, where a batch costs ``pass_cost`` plus its size times its
     longest text (the padded tokens it computes)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    cost = [0] + [0] * len(order)  # cost[k]: the cheapest split of the k shortest texts
+    cost = [0] * (len(order) + 1)  # cost[k]: the cheapest split of the k shortest texts
     start = [0] * (len(order) + 1)  # start[k]: where the last batch of that split begins
     for k in range(1, len(order) + 1):
         longest = lengths[order[k - 1]]
@@ -111,6 +111,9 @@ def _run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return hidden
 
 
+TRAINED = ("top.", "head.")  # the state of a GuardNet that training changes and an artifact stores
+
+
 class GuardNet(nn.Module):
     """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, the heads."""
 
@@ -138,9 +141,6 @@ class GuardNet(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED)}
-
-
-TRAINED = ("top.", "head.")
 
 
 def load_trained(net: GuardNet, artifact_dir: Path) -> dict[str, torch.Tensor]:
