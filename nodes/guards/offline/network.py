@@ -2,7 +2,8 @@
 
 One forward runs the frozen lower layers once, then branches:
 
-* the fine-tuned copy of the top layers -> mean pool -> ``unsafe`` logit + 14 hazard logits (S1..S14);
+* the fine-tuned copy of the top layers -> pool (mean, or attention where the artifact says so) -> ``unsafe``
+  logit + 14 hazard logits (S1..S14);
 * the original top layers -> mean pool -> normalized sentence embedding (exactly all-MiniLM-L6-v2's), used by
   the per-policy few-shot classifiers of example-defined categories.
 
@@ -13,6 +14,7 @@ Only the fine-tuned layers and the heads are stored in the artifact; the base we
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -111,20 +113,44 @@ def _run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return hidden
 
 
-TRAINED = ("top.", "head.")  # the state of a GuardNet that training changes and an artifact stores
+class AttentionPool(nn.Module):
+    """The tokens' states weighted by a softmax over their scores against one learned query.
+
+    A window's mean lets harmless tokens dilute a harmful sentence in proportion to their number; attention lets the
+    network weigh the tokens that decide. With the query at zero every token weighs the same: exactly
+    :func:`mean_pool`, so training can start from a mean-pooled artifact.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = (hidden @ self.query.to(hidden.dtype)).float().masked_fill(mask == 0, float("-inf"))
+        weights = torch.softmax(scores, dim=1).to(hidden.dtype)
+        return (weights.unsqueeze(-1) * hidden).sum(1)
+
+
+POOLINGS = ("mean", "attention")
+TRAINED = ("top.", "head.", "pool.")  # the state of a GuardNet that training changes and an artifact stores
 
 
 class GuardNet(nn.Module):
-    """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, the heads."""
+    """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, its pooling
+    (:data:`POOLINGS`), the heads."""
 
-    def __init__(self, base, split: int = 4, dropout: float = 0.1):
+    def __init__(self, base, split: int = 4, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         self.split = split
+        self.pooling = pooling
         self.embeddings = base.embeddings
         self.bottom = nn.ModuleList(base.encoder.layer[:split])
         self.top = copy.deepcopy(nn.ModuleList(base.encoder.layer[split:]))
         hidden = base.config.hidden_size
         self.dropout = nn.Dropout(dropout)
+        self.pool = AttentionPool(hidden) if pooling == "attention" else None
         self.head = nn.Linear(hidden, 1 + len(HAZARDS))
         for module in (self.embeddings, self.bottom):
             for p in module.parameters():
@@ -137,17 +163,29 @@ class GuardNet(nn.Module):
     def upper(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [batch, 15]: unsafe, then S1..S14."""
         hidden = _run_layers(self.top, lower, attention_mask)
-        return self.head(self.dropout(mean_pool(hidden, attention_mask)))
+        pooled = mean_pool(hidden, attention_mask) if self.pool is None else self.pool(hidden, attention_mask)
+        return self.head(self.dropout(pooled))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED)}
 
 
-def load_trained(net: GuardNet, artifact_dir: Path) -> dict[str, torch.Tensor]:
-    """Load an artifact's fine-tuned layers and heads into ``net``; returns the artifact's other tensors."""
+def artifact_pooling(artifact_dir: Path) -> str:
+    """How an artifact's network pools (its ``config.json``; mean when it does not say)."""
+    config = json.loads((Path(artifact_dir) / "config.json").read_text())
+    return str(config.get("pooling", "mean"))
+
+
+def load_trained(net: GuardNet, artifact_dir: Path, *, new_pooling: bool = False) -> dict[str, torch.Tensor]:
+    """Load an artifact's fine-tuned layers and heads into ``net``; returns the artifact's other tensors.
+    ``new_pooling``: ``net``'s pooling is not the artifact's and keeps its own start (training from an artifact)."""
     state = load_file(str(Path(artifact_dir) / "weights.safetensors"))
     extra = {k: state.pop(k) for k in list(state) if not k.startswith(TRAINED)}
+    if new_pooling:
+        state = {k: v for k, v in state.items() if not k.startswith("pool.")}
     missing = net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if missing.unexpected_keys or any(k.startswith(TRAINED) for k in missing.missing_keys):
+    fresh = ("pool.",) if new_pooling else ()
+    lacking = [k for k in missing.missing_keys if k.startswith(TRAINED) and not k.startswith(fresh)]
+    if missing.unexpected_keys or lacking:
         raise RuntimeError(f"offline guard artifact does not match the network: {missing}")
     return extra
