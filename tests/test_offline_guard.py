@@ -240,3 +240,75 @@ def test_sentence_evidence_for_an_unknown_role_names_the_artifact(tmp_path):
     (artifact / "config.json").write_text(json.dumps({**config, "sentence_evidence": {"user": 1.0}}))
     with pytest.raises(ValueError, match=r"artifact/config.json: sentence_evidence for unknown roles \['user'\]"):
         OfflineGuard(artifact)
+
+
+def test_attention_pool_with_a_zero_query_is_the_mean_and_ignores_padding():
+    import torch
+
+    from guardgraph.nodes.guards.offline.network import AttentionPool, mean_pool
+
+    hidden = torch.randn(3, 7, 8)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    pool = AttentionPool(8)
+    assert torch.allclose(pool(hidden, mask), mean_pool(hidden, mask), atol=1e-6)
+    with torch.no_grad():
+        pool.query.copy_(hidden[1, 2] * 10)  # a query that picks out one token
+    picked = pool(hidden, mask)
+    assert torch.allclose(picked[1], hidden[1, 2], atol=1e-3)
+    changed = hidden.clone()
+    changed[1, 4:] = 1e3  # padding, whatever it holds, weighs nothing
+    assert torch.allclose(pool(changed, mask)[1], picked[1])
+
+
+def _artifact_with_pooling(tmp_path, query_scale: float):
+    """The shipped artifact, with an attention query (the shipped mean for ``query_scale`` 0)."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    artifact = tmp_path / f"attention-{query_scale}"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    tensors = load_file(str(artifact / "weights.safetensors"))
+    head = tensors["head.weight"][0].float()
+    tensors["pool.query"] = (head * query_scale).to(torch.float16)  # weighs the tokens that read most unsafe
+    save_file(tensors, str(artifact / "weights.safetensors"))
+    config = json.loads((artifact / "config.json").read_text())
+    (artifact / "config.json").write_text(json.dumps({**config, "pooling": "attention"}))
+    return artifact
+
+
+def test_an_attention_pooled_artifact_is_read_from_its_config(guard, tmp_path, llama_guard_3_policy):
+    from guardgraph.nodes.guards.offline.network import artifact_pooling
+
+    padded = user(LISBON * 4 + PIPE_BOMB, llama_guard_3_policy)
+    as_mean = OfflineGuard(_artifact_with_pooling(tmp_path, 0.0), dtype="float32")
+    assert artifact_pooling(DEFAULT_ARTIFACT) == "mean" and as_mean.net.pool is not None
+    shipped = OfflineGuard(DEFAULT_ARTIFACT, dtype="float32")
+    assert as_mean.check(padded).score == pytest.approx(shipped.check(padded).score, abs=1e-4)
+    focused = OfflineGuard(_artifact_with_pooling(tmp_path, 1.0), dtype="float32").check(padded)
+    assert focused.score > shipped.check(padded).score  # the request's tokens outweigh the weather
+
+
+def test_training_from_a_mean_artifact_starts_attention_at_the_mean(guard):
+    import torch
+
+    from guardgraph.nodes.guards.offline.network import GuardNet, load_base, load_trained
+
+    _, base = load_base()
+    net = GuardNet(base, split=int(guard.config["split"]), pooling="attention")
+    with pytest.raises(RuntimeError, match="does not match the network"):
+        load_trained(net, DEFAULT_ARTIFACT)  # the artifact has no query: only a new pooling may start fresh
+    load_trained(net, DEFAULT_ARTIFACT, new_pooling=True)
+    assert net.pool is not None and not net.pool.query.any()
+    with pytest.raises(ValueError, match="pooling must be one of mean, attention, not 'max'"):
+        GuardNet(base, split=1, pooling="max")
+    lower = torch.randn(2, 5, base.config.hidden_size)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    net.eval()
+    mean_net = GuardNet(base, split=int(guard.config["split"]))
+    load_trained(mean_net, DEFAULT_ARTIFACT)
+    mean_net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net.upper(lower, mask), mean_net.upper(lower, mask), atol=1e-5)

@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--pool-lr", type=float, default=None, help="learning rate of the attention query (default: --head-lr)"
+    )
     parser.add_argument("--split", type=int, default=1, help="number of frozen lower layers (of 6)")
     parser.add_argument(
         "--pooling",
@@ -436,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         {"params": list(net.head.parameters()), "lr": args.head_lr, "weight_decay": 0.0},
     ]
     if net.pool is not None:
-        params.append({"params": list(net.pool.parameters()), "lr": args.head_lr, "weight_decay": 0.0})
+        pool_lr = args.head_lr if args.pool_lr is None else args.pool_lr
+        params.append({"params": list(net.pool.parameters()), "lr": pool_lr, "weight_decay": 0.0})
     optim = torch.optim.AdamW(params)
     rng = random.Random(args.seed)
     lengths = [x.shape[0] for x in low_train]
@@ -499,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "head_lr": args.head_lr,
+        "pool_lr": args.pool_lr,
         "frozen_layers": args.split,
         "pooling": pooling,
         "n_train": len(train),
