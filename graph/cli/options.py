@@ -69,7 +69,11 @@ GUARD_OPTIONS: dict[str, Any] = {
     ],
     "guard_format": Annotated[str | None, typer.Option(help="llama-guard-1|2|3|3-1b|4; default: the policy's format.")],
     "guard_model": Annotated[
-        str | None, typer.Option(help="Llama Guard hub id or local path (or the model name at --guard-endpoint).")
+        str | None,
+        typer.Option(
+            help="Llama Guard hub id or local path (or the model name at --guard-endpoint; with --guard-backend "
+            "offline, an offline guard artifact folder)."
+        ),
     ],
     "guard_endpoint": Annotated[
         str | None, typer.Option(help="Base URL of the server serving the guard (vLLM, llama.cpp, TGI, Ollama).")

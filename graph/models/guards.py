@@ -4,7 +4,8 @@
 ``--guard-endpoint`` means ``openai``, ``--guard-model`` alone means ``transformers``, neither means
 ``offline``. A new backend is a ``CompletionBackend`` (or a ``Guard``) plus one entry here.
 
-- ``offline``: the small CPU guard shipped with guardgraph (no model files to fetch, no network).
+- ``offline``: the small CPU guard shipped with guardgraph (no model files to fetch, no network); with
+  ``--guard-model DIR``, the offline guard of another artifact folder (``guardgraph.nodes.training.train --out``).
 - ``transformers``: Llama Guard weights from a hub id or a local folder (``--guard-model``).
 - ``openai``: an OpenAI-compatible ``/v1/completions`` server (vLLM, llama.cpp, TGI) at
   ``--guard-endpoint``, serving ``--guard-model``.
@@ -23,6 +24,7 @@ categories merged into the verdict (``guardgraph.nodes.guards.examples``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from guardgraph.graph.config import GuardGraphConfig
 from guardgraph.nodes.guards.base import Guard
@@ -41,7 +43,8 @@ class ModelSetupError(RuntimeError):
 
 
 def offline_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
-    """The small guard shipped with guardgraph (runs on CPU, no network)."""
+    """The small guard shipped with guardgraph (runs on CPU, no network), or that of the artifact folder
+    ``--guard-model`` names."""
     try:
         from guardgraph.nodes.guards.offline.guard import OfflineGuard
     except ImportError as error:
@@ -49,7 +52,15 @@ def offline_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
             "the offline default guard is not available: pass --guard-model (a Llama Guard hub id or local "
             "path) or --guard-endpoint URL --guard-model NAME"
         ) from error
-    return OfflineGuard.load_default()
+    if not config.guard_model:
+        return OfflineGuard.load_default()
+    artifact = Path(config.guard_model)
+    lacking = [name for name in ("config.json", "weights.safetensors") if not (artifact / name).is_file()]
+    if lacking:
+        raise ModelSetupError(
+            f"--guard-model {artifact}: not an offline guard artifact (no {' or '.join(lacking)} in it)"
+        )
+    return OfflineGuard(artifact)
 
 
 def transformers_guard(config: GuardGraphConfig, policy: Policy) -> Guard:
