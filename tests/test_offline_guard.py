@@ -230,7 +230,7 @@ def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_p
     assert agent_only.score == windows_only.score and "sentences" not in agent_only.metadata  # User reads none
 
 
-def test_sentence_evidence_for_an_unknown_role_names_the_artifact(tmp_path):
+def test_a_bad_artifact_config_names_the_file(tmp_path):
     import json
     import shutil
 
@@ -239,6 +239,9 @@ def test_sentence_evidence_for_an_unknown_role_names_the_artifact(tmp_path):
     config = json.loads((artifact / "config.json").read_text())
     (artifact / "config.json").write_text(json.dumps({**config, "sentence_evidence": {"user": 1.0}}))
     with pytest.raises(ValueError, match=r"artifact/config.json: sentence_evidence for unknown roles \['user'\]"):
+        OfflineGuard(artifact)
+    (artifact / "config.json").write_text(json.dumps({**config, "pooling": "max"}))
+    with pytest.raises(ValueError, match=r"artifact/config\.json: pooling 'max' is not one of mean, attention"):
         OfflineGuard(artifact)
 
 

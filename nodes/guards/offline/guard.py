@@ -23,6 +23,7 @@ from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.offline.network import (
     HAZARDS,
+    POOLINGS,
     GuardNet,
     encode_pair,
     length_batches,
@@ -66,7 +67,12 @@ class OfflineGuard(BaseGuard):
         self.dtype = guard_dtype(device, dtype)
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
-        self.net = GuardNet(base, split=int(self.config["split"]), pooling=str(self.config.get("pooling", "mean")))
+        pooling = str(self.config.get("pooling", "mean"))
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"{self.artifact_dir / 'config.json'}: pooling {pooling!r} is not one of {', '.join(POOLINGS)}"
+            )
+        self.net = GuardNet(base, split=int(self.config["split"]), pooling=pooling)
         load_trained(self.net, self.artifact_dir)  # its other tensors are the example classifier's (GENERIC_BENIGN)
         self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))
