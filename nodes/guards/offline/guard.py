@@ -23,8 +23,8 @@ from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.offline.network import (
     HAZARDS,
-    POOLINGS,
     GuardNet,
+    artifact_pooling,
     encode_pair,
     length_batches,
     load_base,
@@ -67,12 +67,7 @@ class OfflineGuard(BaseGuard):
         self.dtype = guard_dtype(device, dtype)
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
-        pooling = str(self.config.get("pooling", "mean"))
-        if pooling not in POOLINGS:
-            raise ValueError(
-                f"{self.artifact_dir / 'config.json'}: pooling {pooling!r} is not one of {', '.join(POOLINGS)}"
-            )
-        self.net = GuardNet(base, split=int(self.config["split"]), pooling=pooling)
+        self.net = GuardNet(base, split=int(self.config["split"]), pooling=artifact_pooling(self.artifact_dir))
         load_trained(self.net, self.artifact_dir)  # its other tensors are the example classifier's (GENERIC_BENIGN)
         self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))

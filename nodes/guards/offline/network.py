@@ -144,7 +144,6 @@ class GuardNet(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         self.split = split
-        self.pooling = pooling
         self.embeddings = base.embeddings
         self.bottom = nn.ModuleList(base.encoder.layer[:split])
         self.top = copy.deepcopy(nn.ModuleList(base.encoder.layer[split:]))
@@ -171,9 +170,13 @@ class GuardNet(nn.Module):
 
 
 def artifact_pooling(artifact_dir: Path) -> str:
-    """How an artifact's network pools (its ``config.json``; mean when it does not say)."""
-    config = json.loads((Path(artifact_dir) / "config.json").read_text())
-    return str(config.get("pooling", "mean"))
+    """How an artifact's network pools (its ``config.json``; mean when it does not say); a value not in
+    :data:`POOLINGS` is an error naming the file."""
+    path = Path(artifact_dir) / "config.json"
+    pooling = str(json.loads(path.read_text()).get("pooling", "mean"))
+    if pooling not in POOLINGS:
+        raise ValueError(f"{path}: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    return pooling
 
 
 def load_trained(net: GuardNet, artifact_dir: Path, *, new_pooling: bool = False) -> dict[str, torch.Tensor]:
