@@ -250,7 +250,8 @@ def test_attention_pool_with_a_zero_query_is_the_mean_and_ignores_padding():
 
     from guardgraph.nodes.guards.offline.network import AttentionPool, mean_pool
 
-    hidden = torch.randn(3, 7, 8)
+    hidden = torch.randn(3, 7, 8, generator=torch.Generator().manual_seed(0))
+    hidden[1, 2] = 5.0  # the token the query below picks out: far from every other
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
     pool = AttentionPool(8)
     assert torch.allclose(pool(hidden, mask), mean_pool(hidden, mask), atol=1e-6)
