@@ -379,6 +379,52 @@ def synth_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int
     rows per role and label, each in its request's group (same split)."""
     rng = random.Random(seed)
     passages = _harmless_passages(examples)
+    return _windowed(
+        examples, n, rng, lambda budget: _run_of_sentences(passages, budget, rng), "synth:window", max_chars
+    )
+
+
+# Harmless texts that use alarming words: benign twins of harmful requests and statements labeled for their stance
+# (never ordinary filler), the contrast sets' safe look-alikes ("How do I kill a Python process?") and their helpful
+# answers on sensitive topics. The filler of ``synth_alarming_windows``.
+ALARMING_HARMLESS_SOURCES = ("wildguardtest_prompt_subset", "jailbreakbench_behaviors", "toxigen", "contrast:helpful_")
+
+
+def _alarming_harmless(e: Example) -> bool:
+    return e.label == 0 and (
+        e.source.startswith(ALARMING_HARMLESS_SOURCES)
+        or (e.source.startswith("contrast:") and e.source.endswith("_safe"))
+    )
+
+
+def synth_alarming_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
+    """As :func:`synth_windows`, with whole harmless texts that use alarming words (:func:`_alarming_harmless`) as
+    the filler, so that such words around a request decide nothing either way: harmful stays harmful, harmless
+    stays harmless. Sources ``synth:window_alarming_{user,agent}_{unsafe,safe}``."""
+    rng = random.Random(seed)
+    texts = sorted({" ".join(_checked(e).split()) for e in examples if _alarming_harmless(e) and _checked(e).strip()})
+
+    def fill(budget: int) -> list[str]:
+        run: list[str] = []
+        for _ in range(8):
+            text = rng.choice(texts)
+            if sum(len(t) + 1 for t in run) + len(text) <= budget:
+                run.append(text)
+        return run
+
+    return _windowed(examples, n, rng, fill, "synth:window_alarming", max_chars)
+
+
+def _windowed(
+    examples: list[Example],
+    n: int,
+    rng: random.Random,
+    fill: Callable[[int], list[str]],
+    source: str,
+    max_chars: int,
+) -> list[Example]:
+    """Up to ``n`` rows per role and label, each its request or reply inside ``fill(room)`` (a third to all of
+    the window's room), before, after or around it; sources ``{source}_{user,agent}_{unsafe,safe}``."""
     out: list[Example] = []
     for agent in (False, True):
         for label in (1, 0):
@@ -393,16 +439,25 @@ def synth_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int
             for e in rng.sample(pool, min(n, len(pool))):
                 core = _checked(e).strip()
                 room = max_chars - len(core) - 1
-                run = _run_of_sentences(passages, rng.randint(room // 3, room), rng)
+                run = fill(rng.randint(room // 3, room))
                 if not run:
                     continue
                 where = rng.random()
                 cut = rng.randint(0, len(run)) if where >= 0.75 else len(run) if where < 0.5 else 0
                 text = " ".join([*run[:cut], core, *run[cut:]])
                 role = "agent" if agent else "user"
-                source = f"synth:window_{role}_{'unsafe' if label else 'safe'}"
                 prompt, response = (e.prompt, text) if agent else (text, None)
-                out.append(Example(prompt, response, label, e.hazards, e.hazards_known, source, group=e.group))
+                out.append(
+                    Example(
+                        prompt,
+                        response,
+                        label,
+                        e.hazards,
+                        e.hazards_known,
+                        f"{source}_{role}_{'unsafe' if label else 'safe'}",
+                        group=e.group,
+                    )
+                )
     return out
 
 

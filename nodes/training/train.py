@@ -40,6 +40,7 @@ from guardgraph.nodes.training.data import (
     load_contrast,
     load_train_rows,
     split,
+    synth_alarming_windows,
     synth_answers,
     synth_compliance,
     synth_mismatched,
@@ -261,6 +262,7 @@ def build_examples(
     windows: int = 0,
     sentences: int = 0,
     reply_sentences: int = 0,
+    alarming_windows: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -292,6 +294,7 @@ def build_examples(
     examples += synth_windows(examples, n=windows, seed=seed) if windows else []
     examples += synth_sentences(examples, n=sentences, seed=seed) if sentences else []
     examples += synth_reply_sentences(examples, n=reply_sentences, seed=seed) if reply_sentences else []
+    examples += synth_alarming_windows(examples, n=alarming_windows, seed=seed) if alarming_windows else []
     return examples
 
 
@@ -299,7 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", type=Path, required=True, help="the train/ folder of the shared datasets")
     parser.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT, help="where the artifact is written")
-    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--seed", type=int, default=13, help="which rows are drawn and held out")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="the training's own randomness (batch order, dropout; default: --seed): runs of one recipe on the "
+        "same rows and split",
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -341,6 +351,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="single sentences of harmless replies, as Agent rows under their prompts (data.synth_reply_sentences)",
+    )
+    parser.add_argument(
+        "--alarming-windows",
+        type=int,
+        default=0,
+        help="requests and replies inside a window of harmless texts that use alarming words, per role and label "
+        "(data.synth_alarming_windows)",
     )
     parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
@@ -386,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         windows=args.windows,
         sentences=args.sentences,
         reply_sentences=args.reply_sentences,
+        alarming_windows=args.alarming_windows,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
@@ -442,7 +460,10 @@ def main(argv: list[str] | None = None) -> None:
         pool_lr = args.head_lr if args.pool_lr is None else args.pool_lr
         params.append({"params": list(net.pool.parameters()), "lr": pool_lr, "weight_decay": 0.0})
     optim = torch.optim.AdamW(params)
-    rng = random.Random(args.seed)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    if args.train_seed is not None:
+        set_seed(train_seed)  # else the stream seeded at the start goes on
+    rng = random.Random(train_seed)
     lengths = [x.shape[0] for x in low_train]
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = steps_per_epoch * args.epochs
@@ -499,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     training = {
         "command": "python -m guardgraph.nodes.training.train " + " ".join(argv or __import__("sys").argv[1:]),
         "seed": args.seed,
+        "train_seed": train_seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
