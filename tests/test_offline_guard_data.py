@@ -263,6 +263,73 @@ def test_alarming_window_rows_are_filled_only_with_whole_harmless_texts_that_use
         assert not rest.strip(), rest  # only whole harmless texts with alarming words around the request
 
 
+DOCUMENTS = [
+    (
+        "Summarize this court report.",
+        "The jury found the defendant guilty of assault. The victim was stabbed twice outside a bar in March. "
+        "He survived after surgery and testified at the trial. The judge sentenced the man to six years. "
+        "Police said the knife was never found. The family thanked the paramedics who stopped the bleeding.",
+    ),
+    (
+        "Write the safety notice for the quarry.",
+        "Blasting takes place every weekday at noon. A siren sounds five minutes before each explosion. "
+        "Keep out of the fenced zone, where flying rock can kill. Report any unexploded charge to the site office.",
+    ),
+]
+
+
+def test_document_rows_are_the_documents_windows_and_requests_inside_their_sentences() -> None:
+    from guardgraph.nodes.guards.sentences import split_sentences
+    from guardgraph.nodes.training.data import synth_documents
+
+    rows = synth_documents(CORES, DOCUMENTS, n=10, seed=1, max_chars=160, overlap_chars=40)
+    windows = [r for r in rows if r.source.startswith("synth:window_document_")]
+    user = [r for r in windows if r.response is None]
+    agent = [r for r in windows if r.response is not None]
+    assert all(r.label == 0 and r.weight == 3.0 and r.group.startswith("~document:") for r in windows)
+    for i, (prompt, text) in enumerate(DOCUMENTS):
+        mine = [r for r in user if r.group == f"~document:{i}"]
+        assert len(mine) > 1 and all(len(r.prompt) <= 160 for r in mine)
+        assert mine[0].prompt.startswith(prompt + "\n\n") and text.endswith(mine[-1].prompt)
+        assert all(r.prompt == prompt for r in agent if r.group == f"~document:{i}")
+        assert {s for r in agent if r.group == f"~document:{i}" for s in split_sentences(r.response or "")} >= set(
+            split_sentences(text)
+        )  # every sentence of the reply is in some window
+    inside = [r for r in rows if r.source.startswith("synth:window_in_document_")]
+    assert {r.source for r in inside} == {
+        f"synth:window_in_document_{role}_{label}" for role in ("user", "agent") for label in ("unsafe", "safe")
+    }
+    sentences = {s for _, text in DOCUMENTS for s in split_sentences(text)}
+    by_group = {e.group: e for e in CORES}
+    for row in inside:
+        core = by_group[row.group]
+        core_text = core.prompt if core.response is None else core.response
+        text = row.prompt if row.response is None else row.response
+        assert row.label == core.label and core_text in text and text != core_text
+        assert all(s in sentences for s in split_sentences(text.replace(core_text, " ")))
+
+
+def test_the_projects_documents_are_long_and_each_has_a_prompt() -> None:
+    from guardgraph.nodes.training.data import load_documents
+
+    documents = load_documents()
+    assert len(documents) >= 60
+    assert all(prompt and len(text) >= 600 for prompt, text in documents)
+    assert len({text for _, text in documents}) == len(documents)
+
+
+def test_adding_documents_keeps_every_other_row_on_its_side_of_the_split() -> None:
+    from guardgraph.nodes.training.data import split, synth_documents
+
+    examples = [
+        Example(f"prompt {i}", None, i % 2, (), True, "s", group=f"{source}:{i}")
+        for i, source in enumerate(["advbench", "contrast", "wildguardtest_prompt_subset", "zz"] * 50)
+    ]
+    _, held = split(examples, holdout=0.3, seed=5)
+    _, held_with = split(examples + synth_documents(examples, DOCUMENTS, n=5, seed=1), holdout=0.3, seed=5)
+    assert [e for e in held_with if not e.source.startswith("synth:")] == held
+
+
 def test_sentence_rows_are_single_harmless_sentences_of_ordinary_texts() -> None:
     from guardgraph.nodes.training.data import synth_sentences
 

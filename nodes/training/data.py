@@ -13,8 +13,11 @@ from pathlib import Path
 import yaml
 
 from guardgraph.nodes.guards.sentences import split_sentences
+from guardgraph.nodes.guards.windowed import split_windows
 
 CONTRAST_FILE = Path(__file__).resolve().parent / "contrast.yaml"
+# Long harmless documents that use alarming words, written for the project (``synth_documents``).
+DOCUMENTS_FILE = Path(__file__).resolve().parent / "documents.yaml"
 
 # benign sets that are huge and homogeneous: subsample
 BENIGN_CAPS = {
@@ -413,6 +416,47 @@ def synth_alarming_windows(examples: list[Example], n: int, seed: int = 0, max_c
         return run
 
     return _windowed(examples, n, rng, fill, "synth:window_alarming", max_chars)
+
+
+def load_documents(path: Path = DOCUMENTS_FILE) -> list[tuple[str, str]]:
+    """The project's long harmless documents as (prompt, text): what a user asks with the document pasted under
+    it, or asks the assistant to write."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return [(" ".join(d["prompt"].split()), " ".join(d["text"].split())) for d in data["documents"]]
+
+
+def synth_documents(
+    examples: list[Example],
+    documents: list[tuple[str, str]],
+    n: int,
+    seed: int = 0,
+    max_chars: int = 320,
+    overlap_chars: int = 80,
+) -> list[Example]:
+    """Long harmless documents that use alarming words, as the windowed guard reads them: every window of each
+    document pasted under its prompt (User) and written as the reply to it (Agent), harmless (sources
+    ``synth:window_document_{user,agent}_safe``, weight 3 as the small hand-written contrast groups, each document
+    its own group); and up to ``n`` requests and replies
+    per role and label inside runs of the documents' sentences, harmful staying harmful (as :func:`synth_windows`,
+    sources ``synth:window_in_document_{user,agent}_{unsafe,safe}``)."""
+    out: list[Example] = []
+    for i, (prompt, text) in enumerate(documents):
+        # "~" sorts after every other group's name, and ``split`` draws each group's side in sorted order: the
+        # other rows keep their side whether documents are added or not.
+        group = f"~document:{i}"
+        for window in split_windows(f"{prompt}\n\n{text}", max_chars, overlap_chars):
+            out.append(Example(window, None, 0, (), True, "synth:window_document_user_safe", group=group, weight=3.0))
+        for window in split_windows(text, max_chars, overlap_chars):
+            out.append(
+                Example(prompt, window, 0, (), True, "synth:window_document_agent_safe", group=group, weight=3.0)
+            )
+    rng = random.Random(seed)
+    passages = [[s for s in split_sentences(text) if len(s.split()) >= 3] for _, text in documents]
+
+    def fill(budget: int) -> list[str]:
+        return _run_of_sentences(passages, budget, rng)
+
+    return out + _windowed(examples, n, rng, fill, "synth:window_in_document", max_chars)
 
 
 def _windowed(

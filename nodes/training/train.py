@@ -38,11 +38,13 @@ from guardgraph.nodes.training.benign_negatives import benign_negative_tensors
 from guardgraph.nodes.training.data import (
     Example,
     load_contrast,
+    load_documents,
     load_train_rows,
     split,
     synth_alarming_windows,
     synth_answers,
     synth_compliance,
+    synth_documents,
     synth_mismatched,
     synth_openers,
     synth_padded,
@@ -263,6 +265,7 @@ def build_examples(
     sentences: int = 0,
     reply_sentences: int = 0,
     alarming_windows: int = 0,
+    documents: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -295,6 +298,7 @@ def build_examples(
     examples += synth_sentences(examples, n=sentences, seed=seed) if sentences else []
     examples += synth_reply_sentences(examples, n=reply_sentences, seed=seed) if reply_sentences else []
     examples += synth_alarming_windows(examples, n=alarming_windows, seed=seed) if alarming_windows else []
+    examples += synth_documents(examples, load_documents(), n=documents, seed=seed) if documents else []
     return examples
 
 
@@ -360,6 +364,13 @@ def main(argv: list[str] | None = None) -> None:
         "(data.synth_alarming_windows)",
     )
     parser.add_argument(
+        "--documents",
+        type=int,
+        default=0,
+        help="the project's long harmless documents (documents.yaml) as windows, and this many requests and replies "
+        "per role and label inside their sentences (data.synth_documents); 0: none",
+    )
+    parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
     )
     parser.add_argument(
@@ -404,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         sentences=args.sentences,
         reply_sentences=args.reply_sentences,
         alarming_windows=args.alarming_windows,
+        documents=args.documents,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
