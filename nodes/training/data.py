@@ -459,6 +459,25 @@ def synth_documents(
     return out + _windowed(examples, n, rng, fill, "synth:window_in_document", max_chars)
 
 
+def synth_reply_windows(
+    examples: list[Example], n: int, seed: int = 0, max_chars: int = 320, overlap_chars: int = 80
+) -> list[Example]:
+    """Up to ``n`` windows of long harmless replies, each under its reply's prompt, as the windowed guard cuts a
+    reply longer than one window: harmless Agent rows in the reply's group (source
+    ``synth:window_reply_agent_safe``). A window of a harmful reply may say nothing harmful, so those are not used."""
+    rng = random.Random(seed)
+    rows = [
+        Example(e.prompt, window, 0, (), True, "synth:window_reply_agent_safe", group=e.group)
+        for e in examples
+        if e.label == 0
+        and e.response is not None
+        and len(e.response) > max_chars
+        and not e.source.startswith(("synth:padded", "synth:window", "synth:sentence"))
+        for window in split_windows(e.response, max_chars, overlap_chars)
+    ]
+    return rng.sample(rows, min(n, len(rows)))
+
+
 def _windowed(
     examples: list[Example],
     n: int,

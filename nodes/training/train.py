@@ -50,6 +50,7 @@ from guardgraph.nodes.training.data import (
     synth_padded,
     synth_refusals,
     synth_reply_sentences,
+    synth_reply_windows,
     synth_sentences,
     synth_windows,
 )
@@ -266,6 +267,7 @@ def build_examples(
     reply_sentences: int = 0,
     alarming_windows: int = 0,
     documents: int = 0,
+    reply_windows: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -299,6 +301,7 @@ def build_examples(
     examples += synth_reply_sentences(examples, n=reply_sentences, seed=seed) if reply_sentences else []
     examples += synth_alarming_windows(examples, n=alarming_windows, seed=seed) if alarming_windows else []
     examples += synth_documents(examples, load_documents(), n=documents, seed=seed) if documents else []
+    examples += synth_reply_windows(examples, n=reply_windows, seed=seed) if reply_windows else []
     return examples
 
 
@@ -371,6 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         "per role and label inside their sentences (data.synth_documents); 0: none",
     )
     parser.add_argument(
+        "--reply-windows",
+        type=int,
+        default=0,
+        help="windows of long harmless replies under their prompts, as the windowed guard cuts them "
+        "(data.synth_reply_windows)",
+    )
+    parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
     )
     parser.add_argument(
@@ -416,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         reply_sentences=args.reply_sentences,
         alarming_windows=args.alarming_windows,
         documents=args.documents,
+        reply_windows=args.reply_windows,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
