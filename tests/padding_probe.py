@@ -3,7 +3,8 @@ harmless text (tests/fixtures/padding_probe.yaml), and the long benign texts (te
 as labeled evaluation rows.
 
 ``python -m tests.padding_probe DIR`` writes them as JSONL files for ``guardgraph eval`` (one file per role:
-the probe alone and padded, the long benign texts).
+the probe alone and padded, the long benign texts); ``python -m tests.padding_probe --measure ARTIFACT [DEVICE]``
+prints an offline guard artifact's numbers on all of them as one JSON line.
 """
 
 from __future__ import annotations
@@ -117,6 +118,42 @@ def write_jsonl(directory: Path) -> list[Path]:
     return paths
 
 
+def measure(artifact: Path, device: str = "cpu", dtype: str = "float32") -> dict:
+    """The probe's numbers for an offline guard artifact behind the windowed guard (its own sentence margins, as
+    deployed), under ``llama-guard-3``: recall and FPR per role alone and padded, which long benign texts it flags,
+    and its verdict on the 200 KB Lisbon request. For sweeps on another machine (nodes/training/README.md)."""
+    from guardgraph.nodes.checks.request import GuardRequest
+    from guardgraph.nodes.evaluation.metrics import compute_metrics
+    from guardgraph.nodes.evaluation.run import predict_rows
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.thresholds import with_thresholds
+    from guardgraph.nodes.guards.windowed import windowed
+    from guardgraph.policies import load_policy
+
+    guard = windowed(with_thresholds(OfflineGuard(artifact, device=device, dtype=dtype)))
+    policy = load_policy("llama-guard-3")
+    probe = load_probe()
+    report: dict = {"artifact": str(artifact)}
+    for kind, rows in (("alone", alone_rows(probe)), ("padded", padded_rows(probe))):
+        predictions = predict_rows(rows, guard, policy, batch_size=40)
+        for role in ("User", "Agent"):
+            m = compute_metrics([p for p, row in zip(predictions, rows, strict=True) if row.role == role])
+            report[f"{kind} {role}"] = {"recall": m.recall, "fpr": m.fpr, "tp": m.tp, "fp": m.fp, "n": m.n}
+    rows = long_benign_rows()
+    verdicts = guard.check_batch([GuardRequest(r.role, r.turns, policy) for r in rows])
+    for role in ("User", "Agent"):
+        report[f"long benign {role}"] = [
+            r.id for r, v in zip(rows, verdicts, strict=True) if r.role == role and v.blocks
+        ]
+    padding = LISBON * (200_000 // len(LISBON))
+    verdict = guard.check(GuardRequest("User", (Turn("user", padding + PIPE_BOMB),), policy))
+    report["lisbon"] = {"blocks": verdict.blocks, "score": verdict.score, "codes": list(verdict.codes)}
+    return report
+
+
 if __name__ == "__main__":
-    for written in write_jsonl(Path(sys.argv[1] if len(sys.argv) > 1 else "probe")):
-        print(written)
+    if sys.argv[1:2] == ["--measure"]:  # --measure ARTIFACT [DEVICE]: the numbers as one JSON line
+        print(json.dumps(measure(Path(sys.argv[2]), *sys.argv[3:4])))
+    else:
+        for written in write_jsonl(Path(sys.argv[1] if len(sys.argv) > 1 else "probe")):
+            print(written)

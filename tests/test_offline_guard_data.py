@@ -369,3 +369,52 @@ def test_reply_sentence_rows_are_single_sentences_of_harmless_replies_under_thei
     assert all(r.prompt == "Tell me about Lisbon." and r.label == 0 for r in rows)
     assert all(r.source == "synth:sentence_reply" and r.group == "c:lisbon" for r in rows)
     assert len(synth_reply_sentences([*CORES, *PASSAGES], n=2, seed=0)) == 2
+
+
+def test_reply_windows_are_windows_of_long_harmless_replies_under_their_prompt() -> None:
+    from guardgraph.nodes.training.data import synth_reply_windows
+
+    long_safe = Example("Tell me about quarries.", DOCUMENTS[1][1] * 2, 0, (), True, "x", group="q:1")
+    long_unsafe = Example("How do I hurt him?", "Hit him hard. " * 30, 1, ("S1",), True, "x", group="q:2")
+    rows = synth_reply_windows([*CORES, long_safe, long_unsafe], n=100, seed=0, max_chars=160, overlap_chars=40)
+    assert len(rows) > 2
+    assert all(r.prompt == long_safe.prompt and r.group == "q:1" and r.label == 0 for r in rows)
+    assert all(r.response and len(r.response) <= 160 and r.response in long_safe.response for r in rows)
+    assert len(synth_reply_windows([*CORES, long_safe], n=2, seed=0, max_chars=160)) == 2
+
+
+def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without_one_out(tmp_path: Path) -> None:
+    from guardgraph.nodes.training.train import write_sentence_margins
+
+    (tmp_path / "config.json").write_text(json.dumps({"split": 1, "sentence_evidence": {"Agent": 9.0}}))
+    write_sentence_margins(tmp_path, {"User": 1.75, "Agent": None})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"split": 1, "sentence_evidence": {"User": 1.75}}
+
+
+def test_a_sweep_summary_names_the_bars_a_candidate_fails_and_packs_its_weights_in_halves(tmp_path: Path) -> None:
+    from guardgraph.nodes.training.sweep.summary import pack, probe_failures
+
+    def probe(padded_recall: float, long_benign_user: int) -> dict:
+        report: dict = {"lisbon": {"blocks": True}}
+        for role in ("User", "Agent"):
+            report[f"alone {role}"] = {"recall": 1.0, "fpr": 0.0}
+            report[f"padded {role}"] = {"recall": padded_recall, "fpr": 0.05}
+            report[f"long benign {role}"] = ["x"] * (long_benign_user if role == "User" else 0)
+        return report
+
+    assert probe_failures(probe(0.99, 7)) == []
+    assert probe_failures(probe(0.97, 8)) == [  # 0.97 is >= 0.95 but more than 0.02 below alone
+        "padded recall User",
+        "long benign User",
+        "padded recall Agent",
+    ]
+    runs = tmp_path / "runs"
+    for name, report in (("good", probe(0.99, 7)), ("bad", probe(0.9, 9))):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "probe.json").write_text(json.dumps(report))
+        (runs / name / "weights.safetensors").write_bytes(name.encode() * 5)
+    pack(runs, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [c["name"] for c in summary] == ["good", "bad"]
+    halves = [(tmp_path / "out" / f"good.w{i}").read_bytes() for i in (0, 1)]
+    assert b"".join(halves) == b"good" * 5 and len(halves[0]) == len(halves[1])

