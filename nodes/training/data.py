@@ -375,6 +375,10 @@ def _run_of_sentences(passages: list[list[str]], budget: int, rng: random.Random
     return []
 
 
+# Rows that are already text around a request, or a piece cut out of a text: never put inside a window, nor cut.
+CUT_OR_PADDED_SOURCES = ("synth:padded", "synth:window", "synth:sentence")
+
+
 def synth_windows(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
     """Requests and replies inside a window of harmless sentences, as the windowed guard cuts long text: whole
     sentences of another harmless text fill a third to all of the window's room, before, after or around the
@@ -436,9 +440,9 @@ def synth_documents(
     """Long harmless documents that use alarming words, as the windowed guard reads them: every window of each
     document pasted under its prompt (User) and written as the reply to it (Agent), harmless (sources
     ``synth:window_document_{user,agent}_safe``, weight 3 as the small hand-written contrast groups, each document
-    its own group); and up to ``n`` requests and replies
-    per role and label inside runs of the documents' sentences, harmful staying harmful (as :func:`synth_windows`,
-    sources ``synth:window_in_document_{user,agent}_{unsafe,safe}``)."""
+    its own group); and up to ``n`` requests and replies per role and label inside runs of the documents'
+    sentences, harmful staying harmful (as :func:`synth_windows`, sources
+    ``synth:window_in_document_{user,agent}_{unsafe,safe}``)."""
     out: list[Example] = []
     for i, (prompt, text) in enumerate(documents):
         # "~" sorts after every other group's name, and ``split`` draws each group's side in sorted order: the
@@ -472,7 +476,7 @@ def synth_reply_windows(
         if e.label == 0
         and e.response is not None
         and len(e.response) > max_chars
-        and not e.source.startswith(("synth:padded", "synth:window", "synth:sentence"))
+        and not e.source.startswith(CUT_OR_PADDED_SOURCES)
         for window in split_windows(e.response, max_chars, overlap_chars)
     ]
     return rng.sample(rows, min(n, len(rows)))
@@ -497,7 +501,7 @@ def _windowed(
                 if e.label == label
                 and (e.response is not None) == agent
                 and 0 < len(_checked(e)) <= max_chars * 2 // 3
-                and not e.source.startswith(("synth:padded", "synth:window", "synth:sentence"))
+                and not e.source.startswith(CUT_OR_PADDED_SOURCES)
             ]
             for e in rng.sample(pool, min(n, len(pool))):
                 core = _checked(e).strip()

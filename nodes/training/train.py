@@ -436,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         help="use only the answers already in --replies, never run the chat model (machines without llama.cpp)",
     )
     args = parser.parse_args(argv)
+    if args.write_margins and args.evaluate is None:
+        parser.error("--write-margins: only with --evaluate DIR (the artifact whose margins are chosen)")
 
     started = time.time()
     torch.set_num_threads(args.threads)
