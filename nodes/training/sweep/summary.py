@@ -17,8 +17,6 @@ import argparse
 import json
 from pathlib import Path
 
-from guardgraph.nodes.training.benign_negatives import write_benign_negatives
-
 # The bars on the padding probe (tests/test_padding_probe.py): per role, padded recall >= 0.95 and within
 # 0.02 of alone, benign padded FPR <= 0.10, long benign texts flagged at most as many as the shipped guard.
 MIN_PADDED_RECALL, MAX_RECALL_LOSS, MAX_PADDED_FPR = 0.95, 0.02, 0.10
@@ -96,6 +94,9 @@ def pack(runs: Path, out: Path) -> None:
 
 
 def unpack(fetched: Path, name: str, artifact: Path) -> None:
+    # the example classifier's encoder is needed here only, not on the GPU machine that packs
+    from guardgraph.nodes.training.benign_negatives import write_benign_negatives
+
     found = {c["name"]: c for c in json.loads((fetched / "summary.json").read_text())}
     if name not in found or not (fetched / f"{name}.w0").is_file():
         raise SystemExit(f"{fetched}: no packed candidate {name!r} (packed: the first {PACKED} of summary.json)")
