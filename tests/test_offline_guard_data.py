@@ -388,8 +388,11 @@ def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without
     assert json.loads((tmp_path / "config.json").read_text()) == {"split": 1, "sentence_evidence": {"User": 1.75}}
 
 
-def test_a_sweep_summary_names_the_bars_a_candidate_fails_and_packs_its_weights_in_halves(tmp_path: Path) -> None:
-    from guardgraph.nodes.training.sweep.summary import pack, probe_failures
+def test_the_probe_names_the_bars_a_candidate_fails_and_a_sweep_packs_the_best_weights_in_halves(
+    tmp_path: Path,
+) -> None:
+    from guardgraph.nodes.training.sweep.summary import pack
+    from tests.padding_probe import failed_bars
 
     def probe(padded_recall: float, long_benign_user: int) -> dict:
         report: dict = {"lisbon": {"blocks": True}}
@@ -397,10 +400,11 @@ def test_a_sweep_summary_names_the_bars_a_candidate_fails_and_packs_its_weights_
             report[f"alone {role}"] = {"recall": 1.0, "fpr": 0.0}
             report[f"padded {role}"] = {"recall": padded_recall, "fpr": 0.05}
             report[f"long benign {role}"] = ["x"] * (long_benign_user if role == "User" else 0)
+        report["failed"] = failed_bars(report)
         return report
 
-    assert probe_failures(probe(0.99, 7)) == []
-    assert probe_failures(probe(0.97, 8)) == [  # 0.97 is >= 0.95 but more than 0.02 below alone
+    assert probe(0.99, 7)["failed"] == []
+    assert probe(0.97, 8)["failed"] == [  # 0.97 is >= 0.95 but more than 0.02 below alone
         "padded recall User",
         "long benign User",
         "padded recall Agent",

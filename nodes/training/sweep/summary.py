@@ -2,8 +2,8 @@
 
     python -m guardgraph.nodes.training.sweep.summary pack RUNS OUT
         OUT/summary.json: each candidate's training.json, config.json, held-out report as deployed and probe numbers;
-        a table on stdout; the weights of the three that fail the fewest of the issue's probe bars (then by mean
-        held-out F1) as NAME.w0 and NAME.w1 (two halves).
+        a table on stdout; the weights of the three that fail the fewest of the issue's probe bars (as the probe's
+        report names them; then by mean held-out F1) as NAME.w0 and NAME.w1 (two halves).
     python -m guardgraph.nodes.training.sweep.summary unpack FETCHED NAME DIR
         DIR: the candidate NAME as an artifact folder (weights rejoined, config.json, training.json, the example
         classifier's negatives added), for ``guardgraph eval --guard-backend offline --guard-model DIR``.
@@ -17,10 +17,6 @@ import argparse
 import json
 from pathlib import Path
 
-# The issue's bars on the padding probe (tests/test_padding_probe.py): per role, padded recall >= 0.95 and within
-# 0.02 of alone, benign padded FPR <= 0.10, long benign texts flagged at most as many as the shipped guard.
-MIN_PADDED_RECALL, MAX_RECALL_LOSS, MAX_PADDED_FPR = 0.95, 0.02, 0.10
-MAX_LONG_BENIGN = {"User": 7, "Agent": 4}
 HELD_OUT = ("User without window/sentence rows", "Agent without window/sentence rows")
 PACKED = 3
 
@@ -28,21 +24,6 @@ PACKED = 3
 def _json_after_log(text: str) -> dict:
     """The JSON object that follows train.py's progress lines."""
     return json.loads(text[text.index("\n{") + 1 :] if not text.startswith("{") else text)
-
-
-def probe_failures(probe: dict) -> list[str]:
-    failed = []
-    for role in ("User", "Agent"):
-        padded, alone = probe[f"padded {role}"], probe[f"alone {role}"]
-        if padded["recall"] < max(MIN_PADDED_RECALL, alone["recall"] - MAX_RECALL_LOSS):
-            failed.append(f"padded recall {role}")
-        if padded["fpr"] > MAX_PADDED_FPR:
-            failed.append(f"padded FPR {role}")
-        if len(probe[f"long benign {role}"]) > MAX_LONG_BENIGN[role]:
-            failed.append(f"long benign {role}")
-    if not probe["lisbon"]["blocks"]:
-        failed.append("Lisbon")
-    return failed
 
 
 def candidate(run: Path) -> dict:
@@ -56,7 +37,7 @@ def candidate(run: Path) -> dict:
     if "training" in found:
         metrics = found["training"]["heldout_metrics"]
         found["f1"] = [metrics[key]["f1"] for key in HELD_OUT] + [metrics["contrast_prompts"]["f1"]]
-    found["failed"] = probe_failures(found["probe"]) if "probe" in found else ["not measured"]
+    found["failed"] = found["probe"]["failed"] if "probe" in found else ["not measured"]  # the probe's own bars
     return found
 
 
