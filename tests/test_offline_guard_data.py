@@ -380,6 +380,23 @@ def test_reply_windows_are_windows_of_long_harmless_replies_under_their_prompt()
     assert len(synth_reply_windows([*CORES, long_safe], n=2, seed=0, max_chars=160)) == 2
 
 
+def test_windows_in_replies_put_short_replies_inside_sentences_of_long_harmless_replies() -> None:
+    from guardgraph.nodes.guards.sentences import split_sentences
+    from guardgraph.nodes.training.data import synth_windows_in_replies
+
+    long_safe = Example("Tell me about quarries.", DOCUMENTS[1][1] * 2, 0, (), True, "x", group="q:1")
+    long_unsafe = Example("How do I hurt him?", "Hit him hard in the face. " * 30, 1, ("S1",), True, "x", group="q:2")
+    rows = synth_windows_in_replies([*CORES, long_safe, long_unsafe], n=100, seed=0, max_chars=160)
+    assert {r.source for r in rows} == {"synth:window_in_reply_agent_unsafe", "synth:window_in_reply_agent_safe"}
+    assert all(r.response is not None for r in rows)  # Agent rows only
+    by_group = {e.group: e for e in CORES}
+    filler = set(split_sentences(long_safe.response or ""))
+    for row in rows:
+        # the filler is the long harmless reply's sentences, never the harmful one's
+        assert all(s in filler for s in split_sentences(_around_core(row, by_group, 160)))
+    assert any(r.label == 1 and r.hazards == ("S9",) for r in rows)
+
+
 def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without_one_out(tmp_path: Path) -> None:
     from guardgraph.nodes.training.train import write_sentence_margins
 

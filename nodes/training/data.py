@@ -482,6 +482,29 @@ def synth_reply_windows(
     return rng.sample(rows, min(n, len(rows)))
 
 
+def synth_windows_in_replies(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
+    """Up to ``n`` short replies per label inside runs of the sentences of long harmless replies, under their own
+    prompt, as a window of a long careful answer reads: harmful stays harmful, harmless stays harmless (as
+    :func:`synth_windows`, Agent rows only, sources ``synth:window_in_reply_agent_{unsafe,safe}``). The harmful
+    half teaches that such a window is harmless for what it is, not for how it sounds."""
+    rng = random.Random(seed)
+    passages = [
+        sentences
+        for e in examples
+        if e.label == 0
+        and e.response is not None
+        and len(e.response) > max_chars
+        and not e.source.startswith(NOT_PASSAGE_SOURCES)
+        for sentences in [[s for s in split_sentences(e.response) if len(s.split()) >= 3]]
+        if len(sentences) >= 2
+    ]
+
+    def fill(budget: int) -> list[str]:
+        return _run_of_sentences(passages, budget, rng)
+
+    return _windowed(examples, n, rng, fill, "synth:window_in_reply", max_chars, roles=("agent",))
+
+
 def _windowed(
     examples: list[Example],
     n: int,
@@ -489,11 +512,12 @@ def _windowed(
     fill: Callable[[int], list[str]],
     source: str,
     max_chars: int,
+    roles: tuple[str, ...] = ("user", "agent"),
 ) -> list[Example]:
     """Up to ``n`` rows per role and label, each its request or reply inside ``fill(room)`` (a third to all of
     the window's room), before, after or around it; sources ``{source}_{user,agent}_{unsafe,safe}``."""
     out: list[Example] = []
-    for agent in (False, True):
+    for agent in (role == "agent" for role in roles):
         for label in (1, 0):
             pool = [
                 e

@@ -53,6 +53,7 @@ from guardgraph.nodes.training.data import (
     synth_reply_windows,
     synth_sentences,
     synth_windows,
+    synth_windows_in_replies,
 )
 from guardgraph.nodes.training.replies import compliance_prompts, generate, load_replies, reply_prompts
 
@@ -269,6 +270,7 @@ def build_examples(
     alarming_windows: int = 0,
     documents: int = 0,
     reply_windows: int = 0,
+    windows_in_replies: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -303,6 +305,7 @@ def build_examples(
     examples += synth_alarming_windows(examples, n=alarming_windows, seed=seed) if alarming_windows else []
     examples += synth_documents(examples, load_documents(), n=documents, seed=seed) if documents else []
     examples += synth_reply_windows(examples, n=reply_windows, seed=seed) if reply_windows else []
+    examples += synth_windows_in_replies(examples, n=windows_in_replies, seed=seed) if windows_in_replies else []
     return examples
 
 
@@ -391,6 +394,13 @@ def main(argv: list[str] | None = None) -> None:
         "(data.synth_reply_windows)",
     )
     parser.add_argument(
+        "--windows-in-replies",
+        type=int,
+        default=0,
+        help="this many short replies per label inside sentences of long harmless replies, harmful staying harmful "
+        "(data.synth_windows_in_replies)",
+    )
+    parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
     )
     parser.add_argument(
@@ -457,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         alarming_windows=args.alarming_windows,
         documents=args.documents,
         reply_windows=args.reply_windows,
+        windows_in_replies=args.windows_in_replies,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
