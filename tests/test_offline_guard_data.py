@@ -394,7 +394,10 @@ def test_windows_in_replies_put_short_replies_inside_sentences_of_long_harmless_
     for row in rows:
         # the filler is the long harmless reply's sentences, never the harmful one's
         assert all(s in filler for s in split_sentences(_around_core(row, by_group, 160)))
-    assert any(r.label == 1 and r.hazards == ("S9",) for r in rows)
+    # one short harmful reply among the cores, drawn again in other sentences: both labels get about n rows (a draw
+    # whose room no run of sentences fits is left out)
+    assert min(sum(r.label == 1 for r in rows), sum(r.label == 0 for r in rows)) >= 80
+    assert {r.hazards for r in rows if r.label == 1} == {("S9",)}
 
 
 def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without_one_out(tmp_path: Path) -> None:

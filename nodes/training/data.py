@@ -483,10 +483,11 @@ def synth_reply_windows(
 
 
 def synth_windows_in_replies(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
-    """Up to ``n`` short replies per label inside runs of the sentences of long harmless replies, under their own
+    """About ``n`` short replies per label inside runs of the sentences of long harmless replies, under their own
     prompt, as a window of a long careful answer reads: harmful stays harmful, harmless stays harmless (as
-    :func:`synth_windows`, Agent rows only, sources ``synth:window_in_reply_agent_{unsafe,safe}``). The harmful
-    half teaches that such a window is harmless for what it is, not for how it sounds."""
+    :func:`synth_windows`, Agent rows only, sources ``synth:window_in_reply_agent_{unsafe,safe}``). Short harmful
+    replies are few, so replies are drawn with replacement, each time in other sentences: both labels get about
+    ``n`` rows, and such a window is judged on what it holds, not on how it sounds."""
     rng = random.Random(seed)
     passages = [
         sentences
@@ -502,7 +503,7 @@ def synth_windows_in_replies(examples: list[Example], n: int, seed: int = 0, max
     def fill(budget: int) -> list[str]:
         return _run_of_sentences(passages, budget, rng)
 
-    return _windowed(examples, n, rng, fill, "synth:window_in_reply", max_chars, roles=("agent",))
+    return _windowed(examples, n, rng, fill, "synth:window_in_reply", max_chars, roles=("agent",), replace=True)
 
 
 def _windowed(
@@ -513,9 +514,11 @@ def _windowed(
     source: str,
     max_chars: int,
     roles: tuple[str, ...] = ("user", "agent"),
+    replace: bool = False,
 ) -> list[Example]:
     """Up to ``n`` rows per role and label, each its request or reply inside ``fill(room)`` (a third to all of
-    the window's room), before, after or around it; sources ``{source}_{user,agent}_{unsafe,safe}``."""
+    the window's room), before, after or around it; sources ``{source}_{user,agent}_{unsafe,safe}``. With
+    ``replace``, the requests and replies are drawn with replacement: about ``n`` rows whenever there is one."""
     out: list[Example] = []
     for agent in (role == "agent" for role in roles):
         for label in (1, 0):
@@ -527,7 +530,8 @@ def _windowed(
                 and 0 < len(_checked(e)) <= max_chars * 2 // 3
                 and not e.source.startswith(CUT_OR_PADDED_SOURCES)
             ]
-            for e in rng.sample(pool, min(n, len(pool))):
+            picks = [rng.choice(pool) for _ in range(n)] if replace and pool else rng.sample(pool, min(n, len(pool)))
+            for e in picks:
                 core = _checked(e).strip()
                 room = max_chars - len(core) - 1
                 run = fill(rng.randint(room // 3, room))
