@@ -400,6 +400,20 @@ def test_windows_in_replies_put_short_replies_inside_sentences_of_long_harmless_
     assert {r.hazards for r in rows if r.label == 1} == {("S9",)}
 
 
+def test_the_lowest_cut_flags_at_most_the_target_rate_of_harmless_texts() -> None:
+    import numpy as np
+
+    from guardgraph.nodes.training.train import lowest_cut
+
+    harmless = np.array([3.0, -1.0, 0.5, 2.0, -4.0, 0.5, 1.0, -2.0, 0.0, -3.0])
+    # halfway between the highest score left below and the next higher one; the two 0.5s tie, so at 0.4 neither
+    # may be flagged
+    for target, cut, flagged in ((0.0, 3.5, 0), (0.1, 2.5, 1), (0.25, 1.5, 2), (0.4, 0.75, 3), (0.5, 0.25, 5)):
+        assert lowest_cut(harmless, target) == cut
+        assert (harmless >= cut).sum() == flagged
+    assert lowest_cut(harmless, 1.0) == -20.0
+
+
 def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without_one_out(tmp_path: Path) -> None:
     from guardgraph.nodes.training.train import write_sentence_margins
 

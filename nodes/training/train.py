@@ -209,16 +209,10 @@ SENTENCE_MARGINS = [i / 4 for i in range(33)]  # the grid a role's sentence marg
 MAX_FPR_RISE = 0.01  # what sentence evidence may add to a role's FPR over the windows alone
 
 
-def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype: str = "auto") -> dict:
-    """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
-    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
-    role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
-    README.md chooses (the smallest that adds at most :data:`MAX_FPR_RISE` to the role's FPR; None if none does).
-    """
+def deployed_requests(held: list[Example]) -> tuple[list, np.ndarray, np.ndarray]:
+    """The held-out rows without window/sentence rows as the guard node asks about them, under ``llama-guard-3``:
+    the requests, their labels, and which are Agent checks."""
     from guardgraph.nodes.checks.request import GuardRequest, Turn
-    from guardgraph.nodes.guards.offline.guard import OfflineGuard
-    from guardgraph.nodes.guards.thresholds import with_thresholds
-    from guardgraph.nodes.guards.windowed import WindowedGuard, sentence_margin
     from guardgraph.policies.loader import load_policy
 
     policy = load_policy("llama-guard-3")
@@ -229,8 +223,58 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype:
         else GuardRequest("Agent", (Turn("user", e.prompt), Turn("assistant", e.response)), policy)
         for e in rows
     ]
-    labels = np.array([e.label for e in rows])
-    agent = np.array([r.role == "Agent" for r in requests])
+    return requests, np.array([e.label for e in rows]), np.array([r.role == "Agent" for r in requests])
+
+
+def deployed_thresholds(
+    held: list[Example], artifact_dir: Path, device: str, target_fpr: dict[str, float], dtype: str = "auto"
+) -> dict[str, float]:
+    """The artifact's logit thresholds moved, per role, to the lowest at which its held-out rows checked as
+    deployed with windows alone (a text is flagged when its worst window is) are flagged at most at
+    ``target_fpr[role]``'s rate: candidates compared at the false-alarm rate a user lives with."""
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.thresholds import with_thresholds
+    from guardgraph.nodes.guards.windowed import WindowedGuard
+
+    requests, labels, agent = deployed_requests(held)
+    guard = OfflineGuard(artifact_dir, device=device, dtype=dtype)
+    windows_only = WindowedGuard(with_thresholds(guard), sentence_evidence={})
+    # each text's worst window as a logit above the artifact's threshold: the offline guard's score is
+    # sigmoid(logit - threshold), rounded to six places
+    scores = np.array(
+        [v.score for i in range(0, len(requests), 32) for v in windows_only.check_batch(requests[i : i + 32])]
+    )
+    clipped = np.clip(scores.astype(float), 1e-6, 1 - 1e-6)
+    worst = np.log(clipped / (1 - clipped))
+    return {
+        role: guard.thresholds[role] + lowest_cut(worst[mask & (labels == 0)], target_fpr[role])
+        for role, mask in (("User", ~agent), ("Agent", agent))
+    }
+
+
+def lowest_cut(harmless: np.ndarray, target_fpr: float) -> float:
+    """A cut at which at most ``target_fpr`` of the ``harmless`` scores reach it, as low as that allows: halfway
+    between the highest score it must leave below and the next higher one, so that scores read back rounded (or
+    from another batch) fall on the same side (-20: none need cutting)."""
+    ranked = np.sort(harmless)[::-1]
+    allowed = int(np.floor(target_fpr * len(ranked) + 1e-9))  # the false alarms the target allows
+    if allowed >= len(ranked):
+        return -20.0
+    above = ranked[ranked > ranked[allowed]]
+    return float((ranked[allowed] + (above.min() if len(above) else ranked[allowed] + 1.0)) / 2)
+
+
+def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype: str = "auto") -> dict:
+    """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
+    artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
+    role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
+    README.md chooses (the smallest that adds at most :data:`MAX_FPR_RISE` to the role's FPR; None if none does).
+    """
+    from guardgraph.nodes.guards.offline.guard import OfflineGuard
+    from guardgraph.nodes.guards.thresholds import with_thresholds
+    from guardgraph.nodes.guards.windowed import WindowedGuard, sentence_margin
+
+    requests, labels, agent = deployed_requests(held)
     deployed = WindowedGuard(
         with_thresholds(OfflineGuard(artifact_dir, device=device, dtype=dtype)),
         sentence_evidence={"User": 0.0, "Agent": 0.0},
@@ -309,13 +353,17 @@ def build_examples(
     return examples
 
 
-def write_sentence_margins(artifact_dir: Path, margins: dict[str, float | None]) -> None:
-    """Set the artifact's ``sentence_evidence`` to the margins chosen on its held-out rows (a role without one reads
-    no sentences), its other settings unchanged."""
+def write_config(artifact_dir: Path, **settings: object) -> None:
+    """Set these settings in the artifact's config.json, its other settings unchanged."""
     path = artifact_dir / "config.json"
     config = json.loads(path.read_text())
-    config["sentence_evidence"] = {role: margin for role, margin in margins.items() if margin is not None}
-    path.write_text(json.dumps(config, indent=1) + "\n")
+    path.write_text(json.dumps({**config, **settings}, indent=1) + "\n")
+
+
+def write_sentence_margins(artifact_dir: Path, margins: dict[str, float | None]) -> None:
+    """Set the artifact's ``sentence_evidence`` to the margins chosen on its held-out rows (a role without one reads
+    no sentences)."""
+    write_config(artifact_dir, sentence_evidence={role: m for role, m in margins.items() if m is not None})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,6 +468,15 @@ def main(argv: list[str] | None = None) -> None:
         help="with --evaluate: write the sentence margins its sweep chooses into the artifact's config.json",
     )
     parser.add_argument(
+        "--match-deployed-fpr",
+        type=float,
+        nargs=2,
+        metavar=("USER", "AGENT"),
+        default=None,
+        help="with --evaluate: first move the artifact's thresholds to the lowest at which its held-out rows checked "
+        "as deployed (windows alone) are flagged at most at these rates, and write them into its config.json",
+    )
+    parser.add_argument(
         "--guard-dtype",
         choices=("auto", "float32", "bfloat16"),
         default="auto",
@@ -448,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.write_margins and args.evaluate is None:
         parser.error("--write-margins: only with --evaluate DIR (the artifact whose margins are chosen)")
+    if args.match_deployed_fpr is not None and args.evaluate is None:
+        parser.error("--match-deployed-fpr: only with --evaluate DIR (the artifact whose thresholds are moved)")
 
     started = time.time()
     torch.set_num_threads(args.threads)
@@ -483,8 +542,12 @@ def main(argv: list[str] | None = None) -> None:
     enc_train = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in train]
     enc_held = [encode_pair(tokenizer, e.prompt, e.response, MAX_LEN) for e in held]
     if args.evaluate is not None:
-        shipped = json.loads((args.evaluate / "config.json").read_text())["unsafe_logit_threshold"]
-        report = heldout_report(held, predict(net, precompute_lower(net, enc_held, args.device)), shipped)
+        if args.match_deployed_fpr is not None:
+            target = dict(zip(("User", "Agent"), args.match_deployed_fpr, strict=True))
+            moved = deployed_thresholds(held, args.evaluate, args.device, target, args.guard_dtype)
+            write_config(args.evaluate, unsafe_logit_threshold=moved, deployed_fpr_target=target)
+        thresholds = json.loads((args.evaluate / "config.json").read_text())["unsafe_logit_threshold"]
+        report = heldout_report(held, predict(net, precompute_lower(net, enc_held, args.device)), thresholds)
         report["deployed"] = deployed_report(held, args.evaluate, args.device, args.guard_dtype)
         print(json.dumps(report, indent=1), flush=True)
         if args.write_margins:

@@ -6,13 +6,14 @@
 #
 # Each candidate NAME:FLAGS is trained with COMMON and its FLAGS (without the example classifier's negatives: they
 # need the whole encoder), its sentence margins are chosen on its held-out rows and written into its config.json (in
-# float32, as on a CPU), and the padding probe is measured with them. CONC candidates run at a time (default 4);
+# float32, as on a CPU), and the padding probe is measured with them; EVALUATE adds flags to that evaluation (e.g.
+# "--match-deployed-fpr 0.0515 0.0426", which first moves its thresholds). CONC candidates run at a time (default 4);
 # after LIMIT_S seconds (default 400) the sweep stops waiting. summary.py then writes the numbers and the best
 # three candidates' weights to $OUT.
 set -u
 CARRY=$(cd "$1" && pwd) || exit 1
 shift
-DEVICE=${DEVICE:-cuda} CONC=${CONC:-4} LIMIT_S=${LIMIT_S:-400} PY=${PY:-python3} COMMON=${COMMON:-}
+DEVICE=${DEVICE:-cuda} CONC=${CONC:-4} LIMIT_S=${LIMIT_S:-400} PY=${PY:-python3} COMMON=${COMMON:-} EVALUATE=${EVALUATE:-}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 if [ -d "$CARRY/whl" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sweep-site \
@@ -31,7 +32,7 @@ candidate() {
     local name=${1%%:*} flags=${1#*:}
     $TRAIN $COMMON $flags --no-benign-negatives --out $RUNS/$name >$RUNS/$name.train.log 2>&1 ||
         { echo "$name: training failed"; tail -3 $RUNS/$name.train.log; return; }
-    $TRAIN $COMMON $flags --evaluate $RUNS/$name --write-margins --guard-dtype float32 \
+    $TRAIN $COMMON $flags --evaluate $RUNS/$name --write-margins --guard-dtype float32 $EVALUATE \
         >$RUNS/$name/evaluate.json 2>$RUNS/$name.evaluate.log ||
         { echo "$name: evaluation failed"; tail -3 $RUNS/$name.evaluate.log; return; }
     $PY -m tests.padding_probe --measure $RUNS/$name $DEVICE >$RUNS/$name/probe.json 2>$RUNS/$name.probe.log ||

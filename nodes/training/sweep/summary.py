@@ -1,7 +1,8 @@
 """A sweep's numbers, and the trip back of its best candidates (a device call returns at most 8 files of 16 MB).
 
     python -m guardgraph.nodes.training.sweep.summary pack RUNS OUT
-        OUT/summary.json: each candidate's training.json, config.json, held-out report as deployed and probe numbers;
+        OUT/summary.json: each candidate's training.json, config.json, held-out report as deployed and probe numbers
+        (held-out F1 at the thresholds its config.json holds);
         a table on stdout; the weights of the three that fail the fewest of the issue's probe bars (as the probe's
         report names them; then by mean held-out F1) as NAME.w0 and NAME.w1 (two halves).
     python -m guardgraph.nodes.training.sweep.summary unpack FETCHED NAME DIR
@@ -31,11 +32,13 @@ def candidate(run: Path) -> dict:
     for key, name in (("training", "training.json"), ("config", "config.json"), ("probe", "probe.json")):
         if (run / name).is_file():
             found[key] = _json_after_log((run / name).read_text())
+    metrics = found["training"]["heldout_metrics"] if "training" in found else None
     if (run / "evaluate.json").is_file():
-        found["deployed"] = _json_after_log((run / "evaluate.json").read_text())["deployed"]
+        # measured at the thresholds config.json holds, which the evaluation may have moved
+        metrics = _json_after_log((run / "evaluate.json").read_text())
+        found["deployed"] = metrics.pop("deployed")
         found["deployed"].pop("sweep", None)
-    if "training" in found:
-        metrics = found["training"]["heldout_metrics"]
+    if metrics is not None:
         found["f1"] = [metrics[key]["f1"] for key in HELD_OUT] + [metrics["contrast_prompts"]["f1"]]
     found["failed"] = found["probe"]["failed"] if "probe" in found else ["not measured"]  # the probe's own bars
     return found
