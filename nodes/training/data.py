@@ -482,6 +482,33 @@ def synth_reply_windows(
     return rng.sample(rows, min(n, len(rows)))
 
 
+def synth_reply_openings(
+    examples: list[Example], n: int, seed: int = 0, max_chars: int = 320, overlap_chars: int = 80
+) -> list[Example]:
+    """The first window of up to ``n`` long harmful replies, each under its reply's prompt, harmful (source
+    ``synth:window_reply_opening_agent_unsafe``, in the reply's group): where a reply that goes along with a harmful
+    request starts doing so, which the windowed guard reads as the reply's first window. Later windows of a harmful
+    reply may say nothing harmful, so those are not used."""
+    rng = random.Random(seed)
+    rows = [
+        Example(
+            e.prompt,
+            split_windows(e.response, max_chars, overlap_chars)[0],
+            1,
+            e.hazards,
+            e.hazards_known,
+            "synth:window_reply_opening_agent_unsafe",
+            group=e.group,
+        )
+        for e in examples
+        if e.label == 1
+        and e.response is not None
+        and len(e.response) > max_chars
+        and not e.source.startswith(CUT_OR_PADDED_SOURCES)
+    ]
+    return rng.sample(rows, min(n, len(rows)))
+
+
 def synth_windows_in_replies(examples: list[Example], n: int, seed: int = 0, max_chars: int = 320) -> list[Example]:
     """About ``n`` short replies per label inside runs of the sentences of long harmless replies, under their own
     prompt, as a window of a long careful answer reads: harmful stays harmful, harmless stays harmless (as

@@ -49,6 +49,7 @@ from guardgraph.nodes.training.data import (
     synth_openers,
     synth_padded,
     synth_refusals,
+    synth_reply_openings,
     synth_reply_sentences,
     synth_reply_windows,
     synth_sentences,
@@ -315,6 +316,7 @@ def build_examples(
     documents: int = 0,
     reply_windows: int = 0,
     windows_in_replies: int = 0,
+    reply_openings: int = 0,
 ) -> list[Example]:
     """Every training row, before the split: train/, the contrast sets and the rows made from them.
 
@@ -350,6 +352,7 @@ def build_examples(
     examples += synth_documents(examples, load_documents(), n=documents, seed=seed) if documents else []
     examples += synth_reply_windows(examples, n=reply_windows, seed=seed) if reply_windows else []
     examples += synth_windows_in_replies(examples, n=windows_in_replies, seed=seed) if windows_in_replies else []
+    examples += synth_reply_openings(examples, n=reply_openings, seed=seed) if reply_openings else []
     return examples
 
 
@@ -449,6 +452,13 @@ def main(argv: list[str] | None = None) -> None:
         "(data.synth_windows_in_replies)",
     )
     parser.add_argument(
+        "--reply-openings",
+        type=int,
+        default=0,
+        help="the first window of this many long harmful replies under their prompts, harmful "
+        "(data.synth_reply_openings)",
+    )
+    parser.add_argument(
         "--init", type=Path, default=None, help="start from this artifact's fine-tuned layers and heads (else MiniLM's)"
     )
     parser.add_argument(
@@ -527,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         documents=args.documents,
         reply_windows=args.reply_windows,
         windows_in_replies=args.windows_in_replies,
+        reply_openings=args.reply_openings,
     )
     if args.limit:
         examples = random.Random(args.seed).sample(examples, min(args.limit, len(examples)))
