@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from guardgraph.nodes.training.data import (
     synth_windows_in_replies,
 )
 from guardgraph.nodes.training.replies import compliance_prompts, generate, load_replies, reply_prompts
+
+if TYPE_CHECKING:
+    from guardgraph.nodes.checks.request import GuardRequest
 
 TARGET_FPR = 0.08
 
@@ -210,7 +213,7 @@ SENTENCE_MARGINS = [i / 4 for i in range(33)]  # the grid a role's sentence marg
 MAX_FPR_RISE = 0.01  # what sentence evidence may add to a role's FPR over the windows alone
 
 
-def deployed_requests(held: list[Example]) -> tuple[list, np.ndarray, np.ndarray]:
+def deployed_requests(held: list[Example]) -> tuple[list[GuardRequest], np.ndarray, np.ndarray]:
     """The held-out rows without window/sentence rows as the guard node asks about them, under ``llama-guard-3``:
     the requests, their labels, and which are Agent checks."""
     from guardgraph.nodes.checks.request import GuardRequest, Turn
@@ -230,9 +233,10 @@ def deployed_requests(held: list[Example]) -> tuple[list, np.ndarray, np.ndarray
 def deployed_thresholds(
     held: list[Example], artifact_dir: Path, device: str, target_fpr: dict[str, float], dtype: str = "auto"
 ) -> dict[str, float]:
-    """The artifact's logit thresholds moved, per role, to the lowest at which its held-out rows checked as
+    """The artifact's logit thresholds moved, per role, as low as they can go while its held-out rows checked as
     deployed with windows alone (a text is flagged when its worst window is) are flagged at most at
-    ``target_fpr[role]``'s rate: candidates compared at the false-alarm rate a user lives with."""
+    ``target_fpr[role]``'s rate (:func:`lowest_cut`): candidates compared at the false-alarm rate a user lives
+    with. A check without a score counts as flagged."""
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
     from guardgraph.nodes.guards.thresholds import with_thresholds
     from guardgraph.nodes.guards.windowed import WindowedGuard
@@ -243,7 +247,11 @@ def deployed_thresholds(
     # each text's worst window as a logit above the artifact's threshold: the offline guard's score is
     # sigmoid(logit - threshold), rounded to six places
     scores = np.array(
-        [v.score for i in range(0, len(requests), 32) for v in windows_only.check_batch(requests[i : i + 32])]
+        [
+            1.0 if v.score is None else v.score
+            for i in range(0, len(requests), 32)
+            for v in windows_only.check_batch(requests[i : i + 32])
+        ]
     )
     clipped = np.clip(scores.astype(float), 1e-6, 1 - 1e-6)
     worst = np.log(clipped / (1 - clipped))
