@@ -463,6 +463,18 @@ def synth_documents(
     return out + _windowed(examples, n, rng, fill, "synth:window_in_document", max_chars)
 
 
+def _long_replies(examples: list[Example], label: int, max_chars: int) -> list[tuple[Example, str]]:
+    """The rows with this label whose reply is longer than one window, with the reply (never a cut or padded row)."""
+    return [
+        (e, e.response)
+        for e in examples
+        if e.label == label
+        and e.response is not None
+        and len(e.response) > max_chars
+        and not e.source.startswith(CUT_OR_PADDED_SOURCES)
+    ]
+
+
 def synth_reply_windows(
     examples: list[Example], n: int, seed: int = 0, max_chars: int = 320, overlap_chars: int = 80
 ) -> list[Example]:
@@ -472,12 +484,8 @@ def synth_reply_windows(
     rng = random.Random(seed)
     rows = [
         Example(e.prompt, window, 0, (), True, "synth:window_reply_agent_safe", group=e.group)
-        for e in examples
-        if e.label == 0
-        and e.response is not None
-        and len(e.response) > max_chars
-        and not e.source.startswith(CUT_OR_PADDED_SOURCES)
-        for window in split_windows(e.response, max_chars, overlap_chars)
+        for e, reply in _long_replies(examples, 0, max_chars)
+        for window in split_windows(reply, max_chars, overlap_chars)
     ]
     return rng.sample(rows, min(n, len(rows)))
 
@@ -493,18 +501,14 @@ def synth_reply_openings(
     rows = [
         Example(
             e.prompt,
-            split_windows(e.response, max_chars, overlap_chars)[0],
+            split_windows(reply, max_chars, overlap_chars)[0],
             1,
             e.hazards,
             e.hazards_known,
             "synth:window_reply_opening_agent_unsafe",
             group=e.group,
         )
-        for e in examples
-        if e.label == 1
-        and e.response is not None
-        and len(e.response) > max_chars
-        and not e.source.startswith(CUT_OR_PADDED_SOURCES)
+        for e, reply in _long_replies(examples, 1, max_chars)
     ]
     return rng.sample(rows, min(n, len(rows)))
 
@@ -516,16 +520,7 @@ def synth_windows_in_replies(examples: list[Example], n: int, seed: int = 0, max
     replies are few, so replies are drawn with replacement, each time in other sentences: both labels get about
     ``n`` rows, and such a window is judged on what it holds, not on how it sounds."""
     rng = random.Random(seed)
-    passages = [
-        sentences
-        for e in examples
-        if e.label == 0
-        and e.response is not None
-        and len(e.response) > max_chars
-        and not e.source.startswith(NOT_PASSAGE_SOURCES)
-        for sentences in [[s for s in split_sentences(e.response) if len(s.split()) >= 3]]
-        if len(sentences) >= 2
-    ]
+    passages = _harmless_passages([e for e in examples if e.response is not None and len(e.response) > max_chars])
 
     def fill(budget: int) -> list[str]:
         return _run_of_sentences(passages, budget, rng)

@@ -60,6 +60,8 @@ from guardgraph.nodes.training.replies import compliance_prompts, generate, load
 
 if TYPE_CHECKING:
     from guardgraph.nodes.checks.request import GuardRequest
+    from guardgraph.nodes.checks.verdict import Verdict
+    from guardgraph.nodes.guards.base import Guard
 
 TARGET_FPR = 0.08
 
@@ -238,27 +240,30 @@ def deployed_thresholds(
     ``target_fpr[role]``'s rate (:func:`lowest_cut`): candidates compared at the false-alarm rate a user lives
     with. A check without a score counts as flagged."""
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
-    from guardgraph.nodes.guards.thresholds import with_thresholds
-    from guardgraph.nodes.guards.windowed import WindowedGuard
 
     requests, labels, agent = deployed_requests(held)
     guard = OfflineGuard(artifact_dir, device=device, dtype=dtype)
-    windows_only = WindowedGuard(with_thresholds(guard), sentence_evidence={})
     # each text's worst window as a logit above the artifact's threshold: the offline guard's score is
     # sigmoid(logit - threshold), rounded to six places
-    scores = np.array(
-        [
-            1.0 if v.score is None else v.score
-            for i in range(0, len(requests), 32)
-            for v in windows_only.check_batch(requests[i : i + 32])
-        ]
-    )
+    scores = np.array([1.0 if v.score is None else v.score for v in windows_only_verdicts(guard, requests)])
     clipped = np.clip(scores.astype(float), 1e-6, 1 - 1e-6)
     worst = np.log(clipped / (1 - clipped))
     return {
         role: guard.thresholds[role] + lowest_cut(worst[mask & (labels == 0)], target_fpr[role])
         for role, mask in (("User", ~agent), ("Agent", agent))
     }
+
+
+def windows_only_verdicts(guard: Guard, requests: list[GuardRequest], batch_size: int = 32) -> list[Verdict]:
+    """Each request checked as deployed with windows alone: ``guard`` with the policy's thresholds, behind the
+    windowed guard without sentence evidence, ``batch_size`` requests at a time."""
+    from guardgraph.nodes.guards.thresholds import with_thresholds
+    from guardgraph.nodes.guards.windowed import WindowedGuard
+
+    windows_only = WindowedGuard(with_thresholds(guard), sentence_evidence={})
+    return [
+        v for i in range(0, len(requests), batch_size) for v in windows_only.check_batch(requests[i : i + batch_size])
+    ]
 
 
 def lowest_cut(harmless: np.ndarray, target_fpr: float) -> float:
@@ -284,13 +289,10 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype:
     from guardgraph.nodes.guards.windowed import WindowedGuard, sentence_margin
 
     requests, labels, agent = deployed_requests(held)
-    deployed = WindowedGuard(
-        with_thresholds(OfflineGuard(artifact_dir, device=device, dtype=dtype)),
-        sentence_evidence={"User": 0.0, "Agent": 0.0},
-    )
-    windows_only = WindowedGuard(deployed.inner, sentence_evidence={})
+    guard = OfflineGuard(artifact_dir, device=device, dtype=dtype)
+    blocked = np.array([v.blocks for v in windows_only_verdicts(guard, requests)])
+    deployed = WindowedGuard(with_thresholds(guard), sentence_evidence={"User": 0.0, "Agent": 0.0})
     batches = [requests[i : i + 32] for i in range(0, len(requests), 32)]
-    blocked = np.array([v.blocks for batch in batches for v in windows_only.check_batch(batch)])
     found = [verdicts for batch in batches for verdicts in deployed.sentence_verdicts(batch)]
     margins = np.array([max((sentence_margin(v) for v in verdicts), default=-np.inf) for verdicts in found])
     report: dict = {"windows": {}, "sentence_margin": {}, "windows and sentences": {}, "sweep": {}}
