@@ -4,13 +4,14 @@ as labeled evaluation rows.
 
 ``python -m tests.padding_probe DIR`` writes them as JSONL files for ``guardgraph eval`` (one file per role:
 the probe alone and padded, the long benign texts); ``python -m tests.padding_probe --measure ARTIFACT [DEVICE]``
-prints an offline guard artifact's numbers on all of them as one JSON line.
+prints an offline guard artifact's numbers on all of them as one JSON line (which harmful items it misses too).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,16 @@ def items(probe: dict) -> list[Item]:
         Item("Agent", label, p["reply"], p["prompt"]) for label in ("unsafe", "safe") for p in probe["agent"][label]
     ]
     return out
+
+
+def item_names(probe: dict) -> list[str]:
+    """Each item of :func:`items` by its place in the probe file: ``{role}/{label}/{index}`` (``agent/unsafe/7``)."""
+    return [
+        f"{role}/{label}/{i}"
+        for role in ("user", "agent")
+        for label in ("unsafe", "safe")
+        for i in range(len(probe[role][label]))
+    ]
 
 
 def cut_padding(text: str, length: int) -> str:
@@ -125,8 +136,9 @@ def write_jsonl(directory: Path) -> list[Path]:
 
 def measure(artifact: Path, device: str = "cpu", dtype: str = "float32") -> dict:
     """The probe's numbers for an offline guard artifact behind the windowed guard (its own sentence margins, as
-    deployed), under ``llama-guard-3``: recall and FPR per role alone and padded, which long benign texts it flags,
-    its verdict on the 200 KB Lisbon request, and the issue's bars it misses. For sweeps on another machine (nodes/training/README.md)."""
+    deployed), under ``llama-guard-3``: recall and FPR per role alone and padded, with the harmful items missed
+    (by :func:`item_names`, each with how many of its rows); which long benign texts it flags; its verdict on the
+    200 KB Lisbon request; and the issue's bars it misses. For sweeps on another machine (nodes/training/README.md)."""
     from guardgraph.nodes.checks.request import GuardRequest
     from guardgraph.nodes.evaluation.metrics import compute_metrics
     from guardgraph.nodes.evaluation.run import predict_rows
@@ -138,12 +150,20 @@ def measure(artifact: Path, device: str = "cpu", dtype: str = "float32") -> dict
     guard = windowed(with_thresholds(OfflineGuard(artifact, device=device, dtype=dtype)))
     policy = load_policy("llama-guard-3")
     probe = load_probe()
+    names = item_names(probe)
     report: dict = {"artifact": str(artifact)}
     for kind, rows in (("alone", alone_rows(probe)), ("padded", padded_rows(probe))):
         predictions = predict_rows(rows, guard, policy, batch_size=40)
         for role in ("User", "Agent"):
             m = compute_metrics([p for p, row in zip(predictions, rows, strict=True) if row.role == role])
             report[f"{kind} {role}"] = {"recall": m.recall, "fpr": m.fpr, "tp": m.tp, "fp": m.fp, "n": m.n}
+            # which harmful items the misses are, with how many of their paddings each is missed in
+            missed = Counter(
+                names[int(row.id.rsplit("/", 1)[1])]
+                for p, row in zip(predictions, rows, strict=True)
+                if row.role == role and row.label == "unsafe" and p.predicted == "safe"
+            )
+            report[f"{kind} {role}"]["missed"] = dict(sorted(missed.items()))
     rows = long_benign_rows()
     verdicts = guard.check_batch([GuardRequest(r.role, r.turns, policy) for r in rows])
     for role in ("User", "Agent"):

@@ -435,6 +435,19 @@ def test_written_sentence_margins_leave_the_rest_of_the_config_and_roles_without
     assert json.loads((tmp_path / "config.json").read_text()) == {"split": 1, "sentence_evidence": {"User": 1.75}}
 
 
+def test_the_probe_names_each_padded_row_by_the_item_inside_it() -> None:
+    from tests.padding_probe import item_names, load_probe, padded_rows
+
+    probe = load_probe()
+    names = item_names(probe)
+    assert names[0] == "user/unsafe/0" and names[-1] == f"agent/safe/{len(probe['agent']['safe']) - 1}"
+    for row in padded_rows(probe):
+        role, label, index = names[int(row.id.rsplit("/", 1)[1])].split("/")
+        item = probe[role][label][int(index)]
+        assert (role, label) == (row.role.lower(), row.label)
+        assert (item if role == "user" else item["reply"]) in row.turns[-1].text
+
+
 def test_the_probe_names_the_bars_a_candidate_fails_and_a_sweep_packs_the_best_weights_in_halves(
     tmp_path: Path,
 ) -> None:
