@@ -15,7 +15,10 @@ sentence in the same window. Where the inner guard declares ``sentence_evidence`
 sentence of a message of that role with two or more sentences is also checked alone, in the same batch and
 after the same context, and it decides as a window does when the guard is sure of it: unsafe with P(unsafe) at
 least ``sigmoid(δ)`` (:func:`sentence_margin` ``>= δ``), or undecided. The sentences are the whole message's,
-so a window's edge never cuts one into a fragment that reads differently.
+so a window's edge never cuts one into a fragment that reads differently. A sentence read after context (a reply's
+sentence under its prompt) decides only when it also reaches the margin read without that context, in a second
+batch of just those sentences: the harm has to be in the sentence itself, not the prompt's harm read into one
+sentence of a careful answer to it (the two readings' weaker one decides; an undecided one fails closed).
 
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
@@ -195,12 +198,40 @@ class WindowedGuard:
     def check(self, request: GuardRequest) -> Verdict:
         return self.check_batch([request])[0]
 
+    def _confirm(
+        self, sentences: Sequence[GuardRequest], verdicts: Sequence[Verdict], margins: Sequence[float]
+    ) -> list[Verdict]:
+        """The sentences' verdicts, each that reads unsafe after context at its margin or more read again without the
+        context (all of them in one batch) and replaced by the weaker reading (see the module doc)."""
+        again = [
+            i
+            for i, (sentence, verdict) in enumerate(zip(sentences, verdicts, strict=True))
+            if len(sentence.turns) > 1 and verdict.outcome is Outcome.UNSAFE and sentence_margin(verdict) >= margins[i]
+        ]
+        alone = [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy) for i in again]
+        read = check_distinct(self._windows, alone) if alone else []
+        if len(read) != len(alone):
+            raise RuntimeError(f"{self.name} returned {len(read)} verdicts for {len(alone)} requests")
+        confirmed = list(verdicts)
+        for i, without_context in zip(again, read, strict=True):
+            confirmed[i] = weaker_reading(verdicts[i], without_context)
+        return confirmed
+
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         plans = [(self.windows_of(request), self.sentences_of(request)) for request in requests]
-        flat = [part for windows, sentences in plans for part in (*windows, *sentences)]
+        flat: list[GuardRequest] = []
+        slots: list[int] = []  # where the sentences are in flat
+        for windows, sentences in plans:
+            flat.extend(windows)
+            slots.extend(range(len(flat), len(flat) + len(sentences)))
+            flat.extend(sentences)
         verdicts = check_distinct(self._windows, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
+        margins = [self.sentence_evidence[flat[i].role] for i in slots]
+        confirmed = self._confirm([flat[i] for i in slots], [verdicts[i] for i in slots], margins)
+        for i, verdict in zip(slots, confirmed, strict=True):
+            verdicts[i] = verdict
         results: list[Verdict] = []
         position = 0
         for request, (windows, sentences) in zip(requests, plans, strict=True):
@@ -210,13 +241,15 @@ class WindowedGuard:
         return results
 
     def sentence_verdicts(self, requests: Sequence[GuardRequest]) -> list[list[Verdict]]:
-        """The verdicts of each request's sentences read alone (:meth:`sentences_of`), as :meth:`check_batch` gets
-        them; what a role's margin is chosen on (``guardgraph.nodes.training.train``)."""
+        """The verdicts of each request's sentences read alone (:meth:`sentences_of`), each unsafe one confirmed
+        without its context (the weaker reading) as :meth:`check_batch` confirms it at any margin; what a role's
+        margin is chosen on (``guardgraph.nodes.training.train``)."""
         plans = [self.sentences_of(request) for request in requests]
         flat = [sentence for plan in plans for sentence in plan]
         verdicts = check_distinct(self._windows, flat)
         if len(verdicts) != len(flat):
             raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
+        verdicts = self._confirm(flat, verdicts, [-math.inf] * len(flat))
         out: list[list[Verdict]] = []
         for plan in plans:
             out.append(verdicts[: len(plan)])
@@ -274,6 +307,16 @@ def combine(verdicts: Sequence[Verdict], windows: int | None = None) -> Verdict:
         latency_ms=sum(v.latency_ms for v in verdicts),
         metadata={**worst.metadata, "windows": windows, "flagged_windows": flagged},
     )
+
+
+def weaker_reading(in_context: Verdict, without_context: Verdict) -> Verdict:
+    """A sentence's verdict from its two readings: undecided when the one without context is, else the one less sure
+    that the sentence is unsafe (:func:`sentence_margin`), its latency the two readings'."""
+    if without_context.outcome in _UNDECIDED:
+        weaker = without_context
+    else:
+        weaker = min((in_context, without_context), key=sentence_margin)
+    return weaker.with_updates(latency_ms=in_context.latency_ms + without_context.latency_ms)
 
 
 def sentence_margin(verdict: Verdict) -> float:
