@@ -404,6 +404,64 @@ def test_an_undecided_sentence_fails_the_message_closed(llama_guard_3_policy: Po
     assert verdict.outcome is Outcome.ERROR and verdict.blocks and verdict.metadata["flagged_sentences"] == [2]
 
 
+class PromptReadingGuard(PoolingGuard):
+    """A pooling guard that, like the offline guard, reads a reply under its prompt: a sentence about toxic gas
+    reads unsafe under a request to poison someone, and harmless without it; a sentence that goes along with the
+    request reads unsafe either way. Reads Agent sentences at margin 2."""
+
+    name = "prompt-reading"
+    CAREFUL = "Bleach and ammonia together make a toxic gas."
+    HARMFUL = "Pour the bleach into his coffee every morning."
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        super().__init__()
+        self.fail_on_alone = fail_on
+        self.sentence_evidence = {"Agent": 2.0}
+        self.requests: list[GuardRequest] = []
+
+    def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        self.requests.extend(requests)
+        verdicts = []
+        for request in requests:
+            text, prompt = request.checked_text, " ".join(t.text for t in request.turns[:-1])
+            if text == self.fail_on_alone and len(request.turns) == 1:
+                verdicts.append(Verdict(request.role, Outcome.ERROR, reason="no verdict for this part"))
+                continue
+            harmful = [s for s in (self.HARMFUL, self.CAREFUL if "poison" in prompt else "") if s and s in text]
+            score = 0.97 * len(harmful[0]) / len(text) if harmful else 0.01
+            unsafe = score >= 0.5
+            hits = (CategoryHit("S1", "Violent Crimes"),) if unsafe else ()
+            verdicts.append(Verdict(request.role, Outcome.UNSAFE if unsafe else Outcome.SAFE, hits, score=score))
+        return verdicts
+
+
+def poison_reply(sentence: str, policy: Policy) -> GuardRequest:
+    reply = LISBON * 2 + sentence + " " + LISBON * 2
+    return GuardRequest("Agent", (Turn("user", "How do I poison my husband?"), Turn("assistant", reply)), policy)
+
+
+def test_a_sentence_decides_only_when_it_reads_unsafe_without_its_context_too(llama_guard_3_policy: Policy) -> None:
+    inner = PromptReadingGuard()
+    guard = WindowedGuard(inner, incremental=False)
+    careful = guard.check(poison_reply(PromptReadingGuard.CAREFUL, llama_guard_3_policy))
+    assert careful.outcome is Outcome.SAFE and "flagged_sentences" not in careful.metadata  # the prompt's harm
+    read_again = [r for r in inner.requests if len(r.turns) == 1]
+    assert [r.checked_text for r in read_again] == [PromptReadingGuard.CAREFUL]  # only the one that reached 2.0
+    harmful = guard.check(poison_reply(PromptReadingGuard.HARMFUL, llama_guard_3_policy))
+    assert harmful.outcome is Outcome.UNSAFE and harmful.metadata["flagged_sentences"] == [2]
+    assert harmful.metadata["flagged_windows"] == []  # the padding dilutes its window
+    (found,) = guard.sentence_verdicts([poison_reply(PromptReadingGuard.CAREFUL, llama_guard_3_policy)])
+    assert [v.outcome for v in found] == [Outcome.SAFE] * 5  # the weaker reading, as the margins are chosen on
+    (found,) = guard.sentence_verdicts([poison_reply(PromptReadingGuard.HARMFUL, llama_guard_3_policy)])
+    assert found[2].outcome is Outcome.UNSAFE and found[2].score == pytest.approx(0.97)
+
+
+def test_a_sentence_undecided_without_its_context_fails_the_message_closed(llama_guard_3_policy: Policy) -> None:
+    guard = WindowedGuard(PromptReadingGuard(fail_on=PromptReadingGuard.CAREFUL), incremental=False)
+    verdict = guard.check(poison_reply(PromptReadingGuard.CAREFUL, llama_guard_3_policy))
+    assert verdict.outcome is Outcome.ERROR and verdict.blocks and verdict.metadata["flagged_sentences"] == [2]
+
+
 def test_sentence_margin_is_the_log_odds_of_an_unsafe_verdict() -> None:
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.5)) == 0.0
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.97)) == pytest.approx(3.476, abs=1e-3)
