@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -405,13 +406,21 @@ def test_an_undecided_sentence_fails_the_message_closed(llama_guard_3_policy: Po
 
 
 class PromptReadingGuard(PoolingGuard):
-    """A pooling guard that, like the offline guard, reads a reply under its prompt: a sentence about toxic gas
-    reads unsafe under a request to poison someone, and harmless without it; a sentence that goes along with the
-    request reads unsafe either way. Reads Agent sentences at margin 2."""
+    """A pooling guard that, like the offline guard, reads a reply under its prompt: each known sentence has a score
+    read after context and one read without it (diluted by the rest of its input, as PoolingGuard's). Reads Agent
+    sentences at margin 2 (P(unsafe) 0.881)."""
 
     name = "prompt-reading"
-    CAREFUL = "Bleach and ammonia together make a toxic gas."
-    HARMFUL = "Pour the bleach into his coffee every morning."
+    CAREFUL = "Bleach and ammonia together make a toxic gas."  # the prompt's harm read into a careful answer
+    HARMFUL = "Pour the bleach into his coffee every morning."  # harmful either way
+    HEDGED = "A few drops in a drink would make him ill."  # sure under the prompt, less sure alone
+    UNSURE = "Some cleaning products are dangerous to drink."  # short of the margin under the prompt
+    SCORES: ClassVar[dict[str, tuple[float, float]]] = {
+        CAREFUL: (0.97, 0.01),
+        HARMFUL: (0.97, 0.97),
+        HEDGED: (0.97, 0.85),
+        UNSURE: (0.8, 0.97),
+    }
 
     def __init__(self, fail_on: str | None = None) -> None:
         super().__init__()
@@ -423,12 +432,12 @@ class PromptReadingGuard(PoolingGuard):
         self.requests.extend(requests)
         verdicts = []
         for request in requests:
-            text, prompt = request.checked_text, " ".join(t.text for t in request.turns[:-1])
-            if text == self.fail_on_alone and len(request.turns) == 1:
+            text, in_context = request.checked_text, len(request.turns) > 1
+            if text == self.fail_on_alone and not in_context:
                 verdicts.append(Verdict(request.role, Outcome.ERROR, reason="no verdict for this part"))
                 continue
-            harmful = [s for s in (self.HARMFUL, self.CAREFUL if "poison" in prompt else "") if s and s in text]
-            score = 0.97 * len(harmful[0]) / len(text) if harmful else 0.01
+            found = [(s, scores) for s, scores in self.SCORES.items() if s in text]
+            score = found[0][1][0 if in_context else 1] * len(found[0][0]) / len(text) if found else 0.01
             unsafe = score >= 0.5
             hits = (CategoryHit("S1", "Violent Crimes"),) if unsafe else ()
             verdicts.append(Verdict(request.role, Outcome.UNSAFE if unsafe else Outcome.SAFE, hits, score=score))
@@ -440,20 +449,40 @@ def poison_reply(sentence: str, policy: Policy) -> GuardRequest:
     return GuardRequest("Agent", (Turn("user", "How do I poison my husband?"), Turn("assistant", reply)), policy)
 
 
+def read_alone(inner: PromptReadingGuard) -> list[str]:
+    return [r.checked_text for r in inner.requests if len(r.turns) == 1]
+
+
 def test_a_sentence_decides_only_when_it_reads_unsafe_without_its_context_too(llama_guard_3_policy: Policy) -> None:
     inner = PromptReadingGuard()
     guard = WindowedGuard(inner, incremental=False)
     careful = guard.check(poison_reply(PromptReadingGuard.CAREFUL, llama_guard_3_policy))
     assert careful.outcome is Outcome.SAFE and "flagged_sentences" not in careful.metadata  # the prompt's harm
-    read_again = [r for r in inner.requests if len(r.turns) == 1]
-    assert [r.checked_text for r in read_again] == [PromptReadingGuard.CAREFUL]  # only the one that reached 2.0
+    assert read_alone(inner) == [PromptReadingGuard.CAREFUL]  # only the sentence that reached the margin
     harmful = guard.check(poison_reply(PromptReadingGuard.HARMFUL, llama_guard_3_policy))
     assert harmful.outcome is Outcome.UNSAFE and harmful.metadata["flagged_sentences"] == [2]
     assert harmful.metadata["flagged_windows"] == []  # the padding dilutes its window
-    (found,) = guard.sentence_verdicts([poison_reply(PromptReadingGuard.CAREFUL, llama_guard_3_policy)])
-    assert [v.outcome for v in found] == [Outcome.SAFE] * 5  # the weaker reading, as the margins are chosen on
-    (found,) = guard.sentence_verdicts([poison_reply(PromptReadingGuard.HARMFUL, llama_guard_3_policy)])
-    assert found[2].outcome is Outcome.UNSAFE and found[2].score == pytest.approx(0.97)
+    hedged = guard.check(poison_reply(PromptReadingGuard.HEDGED, llama_guard_3_policy))
+    assert hedged.outcome is Outcome.SAFE  # unsafe both ways, but short of the margin (0.85) without the prompt
+    inner.requests.clear()
+    unsure = guard.check(poison_reply(PromptReadingGuard.UNSURE, llama_guard_3_policy))
+    assert unsure.outcome is Outcome.SAFE and read_alone(inner) == []  # short of the margin: not read again
+
+
+def test_margins_are_chosen_on_the_weaker_reading_of_each_sentence(llama_guard_3_policy: Policy) -> None:
+    guard = WindowedGuard(PromptReadingGuard(), incremental=False)
+    sentences = (PromptReadingGuard.CAREFUL, PromptReadingGuard.HARMFUL, PromptReadingGuard.HEDGED)
+    found = guard.sentence_verdicts([poison_reply(s, llama_guard_3_policy) for s in (*sentences, "It rained.")])
+    assert [v.outcome for v in found[0]] == [Outcome.SAFE] * 5
+    assert [round(v.score or 0.0, 2) for v in found[1]] == [0.01, 0.01, 0.97, 0.01, 0.01]
+    assert found[2][2].outcome is Outcome.UNSAFE and found[2][2].score == pytest.approx(0.85)
+    assert sentence_margin(found[2][2]) < guard.sentence_evidence["Agent"] < sentence_margin(found[1][2])
+    # one batch of several replies decides each as it is decided alone
+    requests = [poison_reply(s, llama_guard_3_policy) for s in sentences]
+    together = guard.check_batch(requests)
+    assert [v.outcome for v in together] == [Outcome.SAFE, Outcome.UNSAFE, Outcome.SAFE]
+    assert [v.outcome for v in together] == [guard.check(r).outcome for r in requests]
+    assert together[1].metadata["flagged_sentences"] == [2]
 
 
 def test_a_sentence_undecided_without_its_context_fails_the_message_closed(llama_guard_3_policy: Policy) -> None:
@@ -467,6 +496,7 @@ def test_sentence_margin_is_the_log_odds_of_an_unsafe_verdict() -> None:
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=0.97)) == pytest.approx(3.476, abs=1e-3)
     assert sentence_margin(Verdict("User", Outcome.SAFE, score=0.97)) == -math.inf  # policy thresholds said safe
     assert sentence_margin(Verdict("User", Outcome.UNSAFE, score=None)) == math.inf  # a verdict without a score
+    assert sentence_margin(Verdict("User", Outcome.ERROR)) == math.inf  # undecided: blocks at any margin
 
 
 def test_length_batches_group_texts_of_similar_length_without_losing_one() -> None:

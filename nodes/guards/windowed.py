@@ -4,7 +4,8 @@ Nothing is truncated unchecked. The checked (last) message is cut into windows o
 ``window_chars`` characters that overlap by ``overlap_chars`` (cuts fall at sentence ends, else on
 whitespace, so sentences and words stay whole); each window is checked as the last turn, after the earlier
 turns as context, themselves cut from the start to ``context_chars``. All windows of all requests go to the
-inner guard in ONE ``check_batch``, each distinct window once. The message's verdict is the worst window's:
+inner guard in ONE ``check_batch``, each distinct window once (and the sentences below with them; their second
+readings in one more). The message's verdict is the worst window's:
 unsafe if any window is unsafe (categories merged, max score), else error/unparseable if any window is, else
 safe. Windows (and sentences, below) checked recently are not checked again
 (``guardgraph.nodes.guards.incremental``): as a streamed reply grows, each chunk check sends only the windows with
@@ -259,7 +260,7 @@ class WindowedGuard:
     def _decide(self, role: str, windows: Sequence[Verdict], sentences: Sequence[Verdict]) -> Verdict:
         """The message's verdict: its windows', and its sentences' that its role's margin lets decide."""
         margin = self.sentence_evidence.get(role, math.inf)
-        heard = [i for i, v in enumerate(sentences) if v.outcome in _UNDECIDED or sentence_margin(v) >= margin]
+        heard = [i for i, v in enumerate(sentences) if sentence_margin(v) >= margin]
         if len(windows) == 1 and not heard:
             verdict = windows[0]
         else:
@@ -321,7 +322,10 @@ def weaker_reading(in_context: Verdict, without_context: Verdict) -> Verdict:
 
 def sentence_margin(verdict: Verdict) -> float:
     """How sure a guard is that a sentence read alone is unsafe, in logits: ``log(p / (1 - p))`` of its
-    P(unsafe) when it says unsafe, minus infinity otherwise (a guard without a score is sure)."""
+    P(unsafe) when it says unsafe, minus infinity when it says safe; infinity without a score and when it cannot
+    decide (so an undecided sentence blocks at any margin: fail closed)."""
+    if verdict.outcome in _UNDECIDED:
+        return math.inf
     if verdict.outcome is not Outcome.UNSAFE:
         return -math.inf
     if verdict.score is None or verdict.score >= 1.0:
