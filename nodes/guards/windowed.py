@@ -199,6 +199,13 @@ class WindowedGuard:
     def check(self, request: GuardRequest) -> Verdict:
         return self.check_batch([request])[0]
 
+    def _read(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
+        """The inner guard's verdicts for ``requests``, each distinct one checked once (:func:`check_distinct`)."""
+        verdicts = check_distinct(self._windows, requests)
+        if len(verdicts) != len(requests):
+            raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(requests)} requests")
+        return verdicts
+
     def _confirm(
         self, sentences: Sequence[GuardRequest], verdicts: Sequence[Verdict], margins: Sequence[float]
     ) -> list[Verdict]:
@@ -209,10 +216,9 @@ class WindowedGuard:
             for i, (sentence, verdict) in enumerate(zip(sentences, verdicts, strict=True))
             if len(sentence.turns) > 1 and verdict.outcome is Outcome.UNSAFE and sentence_margin(verdict) >= margins[i]
         ]
-        alone = [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy) for i in again]
-        read = check_distinct(self._windows, alone) if alone else []
-        if len(read) != len(alone):
-            raise RuntimeError(f"{self.name} returned {len(read)} verdicts for {len(alone)} requests")
+        read = self._read(
+            [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy) for i in again]
+        )
         confirmed = list(verdicts)
         for i, without_context in zip(again, read, strict=True):
             confirmed[i] = weaker_reading(verdicts[i], without_context)
@@ -226,9 +232,7 @@ class WindowedGuard:
             flat.extend(windows)
             slots.extend(range(len(flat), len(flat) + len(sentences)))
             flat.extend(sentences)
-        verdicts = check_distinct(self._windows, flat)
-        if len(verdicts) != len(flat):
-            raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
+        verdicts = self._read(flat)
         margins = [self.sentence_evidence[flat[i].role] for i in slots]
         confirmed = self._confirm([flat[i] for i in slots], [verdicts[i] for i in slots], margins)
         for i, verdict in zip(slots, confirmed, strict=True):
@@ -247,10 +251,7 @@ class WindowedGuard:
         margin is chosen on (``guardgraph.nodes.training.train``)."""
         plans = [self.sentences_of(request) for request in requests]
         flat = [sentence for plan in plans for sentence in plan]
-        verdicts = check_distinct(self._windows, flat)
-        if len(verdicts) != len(flat):
-            raise RuntimeError(f"{self.name} returned {len(verdicts)} verdicts for {len(flat)} requests")
-        verdicts = self._confirm(flat, verdicts, [-math.inf] * len(flat))
+        verdicts = self._confirm(flat, self._read(flat), [-math.inf] * len(flat))
         out: list[list[Verdict]] = []
         for plan in plans:
             out.append(verdicts[: len(plan)])
