@@ -17,6 +17,9 @@ from guardgraph.nodes.checks.verdict import Role
 from guardgraph.policies.model import Policy
 
 Speaker = Literal["user", "assistant"]
+# What the last turn is: a whole message, or one sentence of a longer one read alone
+# (``guardgraph.nodes.guards.windowed``), which a guard with a reader for single sentences reads with it.
+Part = Literal["message", "sentence"]
 
 
 class ConversationError(ValueError):
@@ -38,6 +41,7 @@ class GuardRequest:
     role: Role
     turns: tuple[Turn, ...]
     policy: Policy
+    part: Part = "message"
 
     def __post_init__(self) -> None:
         if not self.turns:

@@ -13,13 +13,15 @@ new text to the inner guard.
 
 Sentence evidence: a guard that pools its input (the offline guard) lets harmless text dilute one harmful
 sentence in the same window. Where the inner guard declares ``sentence_evidence`` (role -> margin ``δ``), every
-sentence of a message of that role with two or more sentences is also checked alone, in the same batch and
-after the same context, and it decides as a window does when the guard is sure of it: unsafe with P(unsafe) at
-least ``sigmoid(δ)`` (:func:`sentence_margin` ``>= δ``), or undecided. The sentences are the whole message's,
-so a window's edge never cuts one into a fragment that reads differently. A sentence read after context (a reply's
-sentence under its prompt) decides only when it also reaches the margin read without that context, in a second
-batch of just those sentences: the harm has to be in the sentence itself, not the prompt's harm read into one
-sentence of a careful answer to it (the two readings' weaker one decides; an undecided one fails closed).
+sentence of a message of that role with two or more sentences is also checked alone (a request whose ``part``
+is ``"sentence"``), in the same batch and after the same context (none where the inner guard reads a sentence
+alone: its ``sentence_context`` is false), and it decides as a window does when the guard is sure of it: unsafe
+with P(unsafe) at least ``sigmoid(δ)`` (:func:`sentence_margin` ``>= δ``), or undecided. The sentences are the
+whole message's, so a window's edge never cuts one into a fragment that reads differently. A sentence read after
+context (a reply's sentence under its prompt) decides only when it also reaches the margin read without that
+context, in a second batch of just those sentences: the harm has to be in the sentence itself, not the prompt's
+harm read into one sentence of a careful answer to it (the two readings' weaker one decides; an undecided one
+fails closed).
 
 Sizes come from the inner guard when it declares them: ``max_input_chars`` (and optionally
 ``window_overlap_chars``), or ``context_tokens`` (converted at a conservative
@@ -167,6 +169,7 @@ class WindowedGuard:
             declared_evidence = getattr(inner, "sentence_evidence", None)
             sentence_evidence = declared_evidence if isinstance(declared_evidence, Mapping) else {}
         self.sentence_evidence = {role: float(margin) for role, margin in sentence_evidence.items()}
+        self.sentence_context = getattr(inner, "sentence_context", True) is not False
 
     def __getattr__(self, name: str) -> Any:  # anything else (format, backend...) is the inner guard's
         if name == "inner":
@@ -186,13 +189,14 @@ class WindowedGuard:
 
     def sentences_of(self, request: GuardRequest) -> list[GuardRequest]:
         """The requests that read each sentence of ``request``'s message alone, after its context; none when its
-        role has no sentence evidence or the message is one sentence."""
+        role has no sentence evidence or the message is one sentence. Without context where the inner guard reads a
+        sentence alone (its ``sentence_context`` is false)."""
         if request.role not in self.sentence_evidence:
             return []
-        context = truncate_context(request.turns[:-1], self.context_chars)
+        context = truncate_context(request.turns[:-1], self.context_chars) if self.sentence_context else ()
         last = request.turns[-1]
         return [
-            GuardRequest(request.role, (*context, Turn(last.speaker, sentence)), request.policy)
+            GuardRequest(request.role, (*context, Turn(last.speaker, sentence)), request.policy, part="sentence")
             for sentence in readable_sentences(last.text)
         ]
 
@@ -217,7 +221,7 @@ class WindowedGuard:
             if len(sentence.turns) > 1 and verdict.outcome is Outcome.UNSAFE and sentence_margin(verdict) >= margins[i]
         ]
         read = self._read(
-            [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy) for i in again]
+            [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy, "sentence") for i in again]
         )
         confirmed = list(verdicts)
         for i, without_context in zip(again, read, strict=True):
@@ -343,7 +347,7 @@ def check_distinct(guard: Guard, requests: Sequence[GuardRequest]) -> list[Verdi
     distinct: list[GuardRequest] = []
     slots: list[int] = []
     for request in requests:
-        key = (request.role, request.turns, id(request.policy))
+        key = (request.role, request.turns, id(request.policy), request.part)
         if key not in first:
             first[key] = len(distinct)
             distinct.append(request)

@@ -6,6 +6,11 @@ The fine-tuned MiniLM predicts an overall unsafe probability and per-hazard prob
 Guard 3); a policy category is hit when a hazard it ``covers`` is detected. Categories are named from the
 policy's lowest threshold on; the thresholds themselves, and example-defined categories, are applied to this
 guard's verdicts as to every guard's (``guardgraph.nodes.guards.thresholds`` and ``.examples``).
+
+A sentence of a longer message read alone (a request whose ``part`` is ``"sentence"``, from the windowed guard)
+is read by the artifact's sentence head when it has one: the sentence without its context, P(unsafe) from that
+head's logit for the role (its own decision point at 0), the hazards from the main head. Without one, a
+sentence reads as a message does.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from guardgraph.nodes.checks.verdict import CategoryHit, Outcome, Verdict
 from guardgraph.nodes.guards.base import BaseGuard
 from guardgraph.nodes.guards.offline.network import (
     HAZARDS,
+    SENTENCE_ROLES,
     GuardNet,
     artifact_pooling,
     encode_pair,
+    encode_sentence,
+    has_sentence_head,
     length_batches,
     load_base,
     load_trained,
@@ -67,7 +75,12 @@ class OfflineGuard(BaseGuard):
         self.dtype = guard_dtype(device, dtype)
         self.config = json.loads((self.artifact_dir / "config.json").read_text())
         self.tokenizer, base = load_base(device)
-        self.net = GuardNet(base, split=int(self.config["split"]), pooling=artifact_pooling(self.artifact_dir))
+        self.net = GuardNet(
+            base,
+            split=int(self.config["split"]),
+            pooling=artifact_pooling(self.artifact_dir),
+            sentence_head=has_sentence_head(self.artifact_dir),
+        )
         load_trained(self.net, self.artifact_dir)  # its other tensors are the example classifier's (GENERIC_BENIGN)
         self.net.to(device=device, dtype=self.dtype).eval()
         self.max_len = int(self.config.get("max_len", 128))
@@ -81,6 +94,8 @@ class OfflineGuard(BaseGuard):
         if unknown:
             raise ValueError(f"{self.artifact_dir / 'config.json'}: sentence_evidence for unknown roles {unknown}")
         self.sentence_evidence = {role: float(margin) for role, margin in chosen.items()}
+        # The sentence head reads a sentence alone, so the windowed guard sends no context with one.
+        self.sentence_context = self.net.sentence_head is None
 
     @classmethod
     def load_default(cls) -> OfflineGuard:
@@ -88,32 +103,48 @@ class OfflineGuard(BaseGuard):
         return _default_guard()
 
     # ------------------------------------------------------------------ encoder
-    def _forward(self, items: list[tuple[list[int], list[int]]]) -> np.ndarray:
+    def _forward(self, items: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The main head's logits [n, 15] and the sentence head's [n, 2] (None without one)."""
         logits = np.zeros((len(items), 1 + len(HAZARDS)), dtype=np.float32)
+        head = self.net.sentence_head
+        sentence = np.zeros((len(items), len(SENTENCE_ROLES)), dtype=np.float32) if head is not None else None
         with torch.inference_mode():
             for chunk in length_batches([len(ids) for ids, _ in items], BATCH):
                 batch = pad_batch([items[i] for i in chunk], self.device)
-                lower = self.net.lower(**batch)
-                logits[chunk] = self.net.upper(lower, batch["attention_mask"]).float().cpu().numpy()
-        return logits
+                pooled = self.net.pooled(self.net.lower(**batch), batch["attention_mask"])
+                logits[chunk] = self.net.head(pooled).float().cpu().numpy()
+                if head is not None and sentence is not None:
+                    sentence[chunk] = head(pooled).float().cpu().numpy()
+        return logits, sentence
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _texts(request: GuardRequest) -> tuple[str, str | None]:
+    def _by_sentence_head(self, request: GuardRequest) -> bool:
+        return request.part == "sentence" and self.net.sentence_head is not None
+
+    def _encode(self, request: GuardRequest) -> tuple[list[int], list[int]]:
+        if self._by_sentence_head(request):
+            return encode_sentence(self.tokenizer, request.role, request.checked_text, self.max_len)
         if request.role == "User":
-            return request.checked_text, None
+            return encode_pair(self.tokenizer, request.checked_text, None, self.max_len)
         prompt = next((t.text for t in reversed(request.turns[:-1]) if t.speaker == "user"), "")
-        return prompt, request.checked_text
+        return encode_pair(self.tokenizer, prompt, request.checked_text, self.max_len)
 
     def _check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
-        pairs = [self._texts(r) for r in requests]
-        logits = self._forward([encode_pair(self.tokenizer, p, resp, self.max_len) for p, resp in pairs])
-        return [self._verdict(r, logits[i]) for i, r in enumerate(requests)]
+        logits, sentence = self._forward([self._encode(r) for r in requests])
+        verdicts = []
+        for i, request in enumerate(requests):
+            if sentence is not None and self._by_sentence_head(request):
+                unsafe = float(sentence[i, SENTENCE_ROLES.index(request.role)])
+            else:
+                unsafe = float(logits[i, 0]) - self.thresholds[request.role]
+            verdicts.append(self._verdict(request, unsafe, logits[i, 1:]))
+        return verdicts
 
-    def _verdict(self, request: GuardRequest, logit: np.ndarray) -> Verdict:
+    def _verdict(self, request: GuardRequest, unsafe_logit: float, hazard_logits: np.ndarray) -> Verdict:
+        """The verdict from the unsafe logit over its decision point and the hazards' logits."""
         policy = request.policy
-        p_unsafe = float(_sigmoid(logit[0] - self.thresholds[request.role]))
-        hazard_p = dict(zip(HAZARDS, _sigmoid(logit[1:]).tolist(), strict=True))
+        p_unsafe = float(_sigmoid(unsafe_logit))
+        hazard_p = dict(zip(HAZARDS, _sigmoid(hazard_logits).tolist(), strict=True))
         hits: list[Category] = []
         unsafe = p_unsafe >= lowest_threshold(policy)
         if unsafe:

