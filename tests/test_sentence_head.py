@@ -20,13 +20,14 @@ from guardgraph.nodes.guards.offline.guard import DEFAULT_ARTIFACT, OfflineGuard
 from guardgraph.nodes.guards.offline.network import (
     SENTENCE_HEAD,
     GuardNet,
-    has_sentence_head,
+    SentenceHead,
     load_base,
     load_trained,
+    sentence_head_width,
 )
 from guardgraph.nodes.guards.windowed import WindowedGuard, check_distinct
 from guardgraph.nodes.training.data import Example
-from guardgraph.nodes.training.sentence_head import bag, fit_max_logistic, fit_sentence_head, write_sentence_head
+from guardgraph.nodes.training.sentence_head import bag, fit_bag_max, fit_sentence_head, write_sentence_head
 from guardgraph.policies.model import Policy
 from tests.padding_probe import LISBON, PIPE_BOMB
 
@@ -39,10 +40,21 @@ def copy_artifact(tmp_path: Path, name: str = "artifact") -> Path:
     return artifact
 
 
-def with_constant_head(tmp_path: Path, user_logit: float, agent_logit: float) -> Path:
-    """The shipped artifact with a sentence head that gives every sentence the same logit per role."""
-    artifact = copy_artifact(tmp_path, f"constant-{user_logit}-{agent_logit}")
-    write_sentence_head(artifact, torch.zeros(2, 384), torch.tensor([user_logit, agent_logit]), {"test": True})
+def constant_head(user_logit: float, agent_logit: float, width: int = 0) -> SentenceHead:
+    """A sentence head that gives every sentence the same logit per role."""
+    head = SentenceHead(384, width)
+    with torch.no_grad():
+        for role, logit in (("User", user_logit), ("Agent", agent_logit)):
+            for parameter in head.roles[role].parameters():
+                parameter.zero_()
+            head.roles[role][-1].bias.fill_(logit)
+    return head
+
+
+def with_constant_head(tmp_path: Path, user_logit: float, agent_logit: float, width: int = 0) -> Path:
+    """The shipped artifact with :func:`constant_head`."""
+    artifact = copy_artifact(tmp_path, f"constant-{user_logit}-{agent_logit}-{width}")
+    write_sentence_head(artifact, constant_head(user_logit, agent_logit, width), {"test": True})
     return artifact
 
 
@@ -67,7 +79,8 @@ class Counting:
         return self.inner.check_batch(requests)
 
 
-def test_the_max_over_a_bag_learns_which_sentence_decides() -> None:
+@pytest.mark.parametrize("width", [0, 16])
+def test_the_max_over_a_bag_learns_which_sentence_decides(width: int) -> None:
     rng = np.random.default_rng(0)
     bags, owner, labels, decisive = [], [], [], []
     for k in range(120):
@@ -80,16 +93,17 @@ def test_the_max_over_a_bag_learns_which_sentence_decides() -> None:
         bags.append(vectors)
         owner += [k] * size
         labels.append(int(harmful))
-    vectors = np.concatenate(bags) * 3.0 + 5.0  # unstandardized: the weights come back for the raw vectors
-    weight, bias = fit_max_logistic(vectors, np.array(owner), np.array(labels))
-    scores = vectors @ weight + bias
+    vectors = np.concatenate(bags) * 3.0 + 5.0  # unstandardized: the head comes back reading the raw vectors
+    head = fit_bag_max(vectors, np.array(owner), np.array(labels), width=width)
+    with torch.no_grad():
+        scores = head(torch.tensor(vectors, dtype=torch.float32))[:, 0].numpy()
     worst = np.full(len(labels), -np.inf)
     np.maximum.at(worst, np.array(owner), scores)
     y = np.array(labels)
     assert worst[y == 1].min() > 0 > worst[y == 0].max()
     assert all(scores[i] == worst[owner[i]] for i in decisive)  # the harmful sentence is its text's worst
     with pytest.raises(ValueError, match="harmful and harmless rows"):
-        fit_max_logistic(vectors, np.array(owner), np.zeros(len(labels)))
+        fit_bag_max(vectors, np.array(owner), np.zeros(len(labels)))
 
 
 def test_a_bag_is_the_sentences_the_windowed_guard_reads_alone() -> None:
@@ -106,26 +120,27 @@ def test_the_head_is_stored_beside_the_artifacts_other_tensors_and_read_only_by_
     artifact = with_constant_head(tmp_path, 1.0, -1.0)
     before = load_file(str(DEFAULT_ARTIFACT / "weights.safetensors"))
     after = load_file(str(artifact / "weights.safetensors"))
-    assert has_sentence_head(artifact)
+    assert sentence_head_width(artifact) == 0 and sentence_head_width(with_constant_head(tmp_path, 1.0, 1.0, 8)) == 8
     assert {k for k in after if not k.startswith(SENTENCE_HEAD)} == {
         k for k in before if not k.startswith(SENTENCE_HEAD)
     }
-    write_sentence_head(artifact, torch.ones(2, 384), torch.tensor([2.0, 3.0]), {"test": 2})
+    write_sentence_head(artifact, constant_head(2.0, 3.0), {"test": 2})
     again = load_file(str(artifact / "weights.safetensors"))
-    assert again[SENTENCE_HEAD + "bias"].tolist() == [2.0, 3.0] and len(again) == len(after)  # replaced, not added
+    assert again[SENTENCE_HEAD + "roles.Agent.0.bias"].tolist() == [3.0] and len(again) == len(after)  # replaced
     _, base = load_base()
-    with_head = GuardNet(base, split=1, sentence_head=True)
+    with_head = GuardNet(base, split=1, sentence_head=0)
     load_trained(with_head, artifact)
-    assert with_head.sentence_head is not None and with_head.sentence_head.bias.tolist() == [2.0, 3.0]
+    assert with_head.sentence_head is not None
+    assert with_head.sentence_head(torch.zeros(1, 384)).tolist() == [[2.0, 3.0]]
     without = GuardNet(base, split=1)  # training from it: the head was fit on layers that training changes
     load_trained(without, artifact)
     assert without.sentence_head is None
     plain = copy_artifact(tmp_path, "plain")
     kept = {k: v for k, v in after.items() if not k.startswith(SENTENCE_HEAD)}
     save_file(kept, str(plain / "weights.safetensors"))
-    assert not has_sentence_head(plain)
+    assert sentence_head_width(plain) is None
     with pytest.raises(RuntimeError, match="does not match the network"):
-        load_trained(GuardNet(base, split=1, sentence_head=True), plain)
+        load_trained(GuardNet(base, split=1, sentence_head=0), plain)
 
 
 def test_a_sentence_is_read_alone_by_the_sentence_head(tmp_path: Path, llama_guard_3_policy: Policy) -> None:
@@ -148,7 +163,7 @@ def test_a_sentence_is_read_alone_by_the_sentence_head(tmp_path: Path, llama_gua
     assert (
         guard.check(under_prompt).score == guard.check(alone).score == pytest.approx(1 / (1 + math.exp(4.0)), abs=1e-6)
     )
-    assert OfflineGuard.load_default().sentence_context is not has_sentence_head(DEFAULT_ARTIFACT)
+    assert OfflineGuard.load_default().sentence_context is (sentence_head_width(DEFAULT_ARTIFACT) is None)
 
 
 def test_the_windowed_guard_sends_a_sentence_head_its_sentences_alone_in_one_batch(
@@ -210,9 +225,9 @@ def test_a_head_fit_on_a_few_texts_finds_a_harmful_request_inside_padding(
     net = GuardNet(base, split=1)
     load_trained(net, artifact)
     net.eval()
-    weight, bias, summary = fit_sentence_head(net, OfflineGuard.load_default().tokenizer, rows)
+    head, summary = fit_sentence_head(net, OfflineGuard.load_default().tokenizer, rows)
     assert summary["User"] == {"rows": 16, "unsafe_rows": 8, "sentences": 8 + 24}
-    write_sentence_head(artifact, weight, bias, summary)
+    write_sentence_head(artifact, head, summary)
     guard = WindowedGuard(OfflineGuard(artifact, dtype="float32"), sentence_evidence={"User": 0.0}, incremental=False)
     padded = guard.check(GuardRequest("User", (Turn("user", LISBON * 3 + PIPE_BOMB),), llama_guard_3_policy))
     assert padded.outcome is Outcome.UNSAFE and padded.metadata["flagged_sentences"] == [3]

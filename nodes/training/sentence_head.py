@@ -5,15 +5,17 @@ ordinary sentences of documents and answers, so the margin at which a sentence m
 and a harmful sentence inside harmless padding rarely reaches it (``nodes/training/README.md``). The sentence head
 reads the same pooled vector (the artifact's encoder is not changed) and is fit to what a sentence decides: a
 harmful text has at least one harmful sentence, a harmless text has none. So each train-split row is a bag of its
-sentences (:func:`bag`), each read alone as the guard reads it (``encode_sentence``), and a logistic model per role
-is fit on the bag's most harmful sentence (multiple-instance learning with the max; class-balanced, L2 on the
-standardized vectors, full-batch Adam). Only the train split's rows are used: the margins are then chosen on the
+sentences (:func:`bag`), each read alone as the guard reads it (``encode_sentence``), and a small network per role
+(:data:`WIDTH` GELU units; 0: linear) is fit so that the bag's most harmful sentence predicts the bag's label
+(multiple-instance learning with the max; class-balanced logistic loss, full-batch Adam with weight decay on the
+standardized vectors). Only the train split's rows are used: the margins are then chosen on the
 held-out rows by ``train.py --evaluate DIR --write-margins``.
 
     python -m guardgraph.nodes.training.sentence_head --datasets ../shared/datasets/train --artifact DIR \\
-        --replies /tmp/replies.jsonl --cached-replies-only --windows 1500 --sentences 1500 --documents 1500
+        --replies /tmp/replies.jsonl --cached-replies-only --windows 1500 --sentences 1500 --documents 1500 \\
+        --alarming-windows 1500 --reply-sentences 1500
 
-writes ``sentence_head.weight`` / ``.bias`` into ``DIR/weights.safetensors`` and how they were fit into
+writes the head (``sentence_head.*``) into ``DIR/weights.safetensors`` and how they were fit into
 ``DIR/config.json`` (``sentence_head_fit``).
 """
 
@@ -29,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from guardgraph.nodes.guards.offline.network import (
     SENTENCE_HEAD,
     SENTENCE_ROLES,
     GuardNet,
+    SentenceHead,
     artifact_pooling,
     encode_sentence,
     length_batches,
@@ -45,9 +49,10 @@ from guardgraph.nodes.guards.sentences import readable_sentences
 from guardgraph.nodes.training.data import Example, split
 from guardgraph.nodes.training.train import build_examples
 
-EPOCHS = 300
-LEARNING_RATE = 0.01
-L2 = 1e-3
+WIDTH = 64  # hidden GELU units per role (0: a linear head)
+EPOCHS = 400
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 1e-4
 
 
 def bag(example: Example) -> list[str]:
@@ -69,12 +74,18 @@ def pooled_vectors(
     return out
 
 
-def fit_max_logistic(
-    vectors: np.ndarray, owner: np.ndarray, labels: np.ndarray, epochs: int = EPOCHS, l2: float = L2, seed: int = 0
-) -> tuple[np.ndarray, float]:
-    """Weights and bias of a linear score over ``vectors`` whose maximum over each bag (``owner[i]``: the bag of
-    vector ``i``) predicts the bag's label: class-balanced logistic loss on the bag's maximum, L2 on the weights of
-    the standardized vectors; returned for the raw vectors."""
+def fit_bag_max(
+    vectors: np.ndarray,
+    owner: np.ndarray,
+    labels: np.ndarray,
+    width: int = WIDTH,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+) -> nn.Module:
+    """One role's head (:class:`SentenceHead`'s, ``width`` wide) whose maximum over each bag (``owner[i]``: the bag
+    of vector ``i``) predicts the bag's label: class-balanced logistic loss on the bag's maximum, full-batch Adam
+    with weight decay on the standardized vectors; returned reading the raw vectors (the standardization folded
+    into its first layer)."""
     torch.manual_seed(seed)
     x = torch.tensor(vectors, dtype=torch.float32)
     mean, scale = x.mean(0), x.std(0) + 1e-6
@@ -85,28 +96,30 @@ def fit_max_logistic(
     if positives in (0.0, float(len(y))):
         raise ValueError("the sentence head needs harmful and harmless rows")
     balance = torch.where(y == 1, len(y) / (2 * positives), len(y) / (2 * (len(y) - positives)))
-    weight = torch.zeros(x.shape[1], requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=LEARNING_RATE)
+    head = SentenceHead(x.shape[1], width).roles[SENTENCE_ROLES[0]]
+    assert isinstance(head, nn.Sequential)
+    optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     for _ in range(epochs):
-        scores = x @ weight + bias
+        scores = head(x)[:, 0]
         worst = torch.full((len(y),), -1e9).scatter_reduce(0, bags, scores, reduce="amax")
-        loss = (
-            torch.nn.functional.binary_cross_entropy_with_logits(worst, y, weight=balance) + l2 * weight.square().sum()
-        )
+        loss = nn.functional.binary_cross_entropy_with_logits(worst, y, weight=balance)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    raw = (weight / scale).detach()
-    return raw.numpy(), float((bias - (raw * mean).sum()).item())
+    first = head[0]
+    assert isinstance(first, nn.Linear)
+    with torch.no_grad():
+        first.bias.sub_((first.weight * (mean / scale)).sum(1))
+        first.weight.div_(scale)
+    return head.eval()
 
 
 def fit_sentence_head(
-    net: GuardNet, tokenizer, rows: Sequence[Example], device: str = "cpu", epochs: int = EPOCHS, l2: float = L2
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The sentence head's weight [2, hidden] and bias [2] (:data:`SENTENCE_ROLES` order) fit on ``rows``, and a
-    summary of what it was fit on."""
-    weights, biases, summary = [], [], {}
+    net: GuardNet, tokenizer, rows: Sequence[Example], device: str = "cpu", width: int = WIDTH, epochs: int = EPOCHS
+) -> tuple[SentenceHead, dict]:
+    """The sentence head fit on ``rows`` (each role on its own rows), and a summary of what it was fit on."""
+    head = SentenceHead(net.head.in_features, width)
+    summary = {}
     for role in SENTENCE_ROLES:
         own = [e for e in rows if (e.response is None) == (role == "User") and (e.response or e.prompt).strip()]
         items, owner = [], []
@@ -117,20 +130,17 @@ def fit_sentence_head(
         started = time.time()
         vectors = pooled_vectors(net, items, device)
         labels = np.array([e.label for e in own])
-        weight, bias = fit_max_logistic(vectors, np.array(owner), labels, epochs=epochs, l2=l2)
-        weights.append(torch.tensor(weight))
-        biases.append(bias)
+        head.roles[role] = fit_bag_max(vectors, np.array(owner), labels, width=width, epochs=epochs)
         summary[role] = {"rows": len(own), "unsafe_rows": int(labels.sum()), "sentences": len(items)}
         print(f"{role}: {len(own)} rows, {len(items)} sentences, {time.time() - started:.0f}s", flush=True)
-    return torch.stack(weights), torch.tensor(biases, dtype=torch.float32), summary
+    return head, summary
 
 
-def write_sentence_head(artifact_dir: Path, weight: torch.Tensor, bias: torch.Tensor, fit: dict) -> None:
+def write_sentence_head(artifact_dir: Path, head: SentenceHead, fit: dict) -> None:
     """Put the sentence head into the artifact's weights (replacing one it had) and record its fit in config.json."""
     path = artifact_dir / "weights.safetensors"
     tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith(SENTENCE_HEAD)}
-    tensors[SENTENCE_HEAD + "weight"] = weight.float().contiguous()
-    tensors[SENTENCE_HEAD + "bias"] = bias.float().contiguous()
+    tensors.update({SENTENCE_HEAD + k: v.detach().float().contiguous() for k, v in head.state_dict().items()})
     save_file(tensors, str(path))
     config_path = artifact_dir / "config.json"
     config = json.loads(config_path.read_text())
@@ -147,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=0, help="as train.py's: padded requests and replies")
     parser.add_argument("--sentences", type=int, default=0, help="as train.py's: single harmless sentences")
     parser.add_argument("--documents", type=int, default=0, help="as train.py's: long harmless documents")
+    parser.add_argument(
+        "--alarming-windows", type=int, default=0, help="as train.py's: harmless texts with alarming words"
+    )
+    parser.add_argument("--reply-sentences", type=int, default=0, help="as train.py's: single harmless reply sentences")
+    parser.add_argument("--width", type=int, default=WIDTH, help="hidden units per role (0: linear)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--l2", type=float, default=L2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         windows=args.windows,
         sentences=args.sentences,
         documents=args.documents,
+        alarming_windows=args.alarming_windows,
+        reply_sentences=args.reply_sentences,
     )
     train, _ = split(examples, holdout=0.15, seed=args.seed)
     tokenizer, base = load_base(args.device)
@@ -175,15 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     net = GuardNet(base, split=int(config["split"]), pooling=artifact_pooling(args.artifact)).to(args.device)
     load_trained(net, args.artifact)
     net.eval()
-    weight, bias, summary = fit_sentence_head(net, tokenizer, train, args.device, args.epochs, args.l2)
+    head, summary = fit_sentence_head(net, tokenizer, train, args.device, args.width, args.epochs)
     fit = {
         "command": "python -m guardgraph.nodes.training.sentence_head " + " ".join(argv or sys.argv[1:]),
+        "width": args.width,
         "epochs": args.epochs,
-        "l2": args.l2,
+        "learning_rate": LEARNING_RATE,
+        "weight_decay": WEIGHT_DECAY,
         "by_role": summary,
         "wall_seconds": round(time.time() - started, 1),
     }
-    write_sentence_head(args.artifact, weight, bias, fit)
+    write_sentence_head(args.artifact, head, fit)
     print(f"sentence head written to {args.artifact} in {time.time() - started:.0f}s", flush=True)
 
 

@@ -33,11 +33,11 @@ from guardgraph.nodes.guards.offline.network import (
     artifact_pooling,
     encode_pair,
     encode_sentence,
-    has_sentence_head,
     length_batches,
     load_base,
     load_trained,
     pad_batch,
+    sentence_head_width,
 )
 from guardgraph.nodes.guards.offline.precision import guard_dtype
 from guardgraph.nodes.guards.thresholds import lowest_threshold
@@ -79,7 +79,7 @@ class OfflineGuard(BaseGuard):
             base,
             split=int(self.config["split"]),
             pooling=artifact_pooling(self.artifact_dir),
-            sentence_head=has_sentence_head(self.artifact_dir),
+            sentence_head=sentence_head_width(self.artifact_dir),
         )
         load_trained(self.net, self.artifact_dir)  # its other tensors are the example classifier's (GENERIC_BENIGN)
         self.net.to(device=device, dtype=self.dtype).eval()

@@ -7,7 +7,7 @@ One forward runs the frozen lower layers once, then branches:
 * the original top layers -> mean pool -> normalized sentence embedding (exactly all-MiniLM-L6-v2's), used by
   the per-policy few-shot classifiers of example-defined categories.
 
-An artifact may also hold a sentence head (:data:`SENTENCE_HEAD`): one unsafe logit per role for a single sentence
+An artifact may also hold a sentence head (:class:`SentenceHead`): one unsafe logit per role for a single sentence
 read alone, over the same pooled vector as the main head (``guardgraph.nodes.training.sentence_head`` fits it).
 
 Only the fine-tuned layers and the heads are stored in the artifact; the base weights come from the
@@ -152,11 +152,33 @@ SENTENCE_HEAD = "sentence_head."  # optional in an artifact: fit on the pooled v
 SENTENCE_ROLES = ("User", "Agent")  # the sentence head's logits, in this order
 
 
+class SentenceHead(nn.Module):
+    """Per role, the unsafe logit of one sentence read alone from the pooled vector: linear (``width`` 0), or one
+    hidden layer of ``width`` GELU units."""
+
+    def __init__(self, hidden: int, width: int = 0):
+        super().__init__()
+        self.width = width
+
+        def one() -> nn.Module:
+            if width == 0:
+                return nn.Sequential(nn.Linear(hidden, 1))
+            return nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, 1))
+
+        self.roles = nn.ModuleDict({role: one() for role in SENTENCE_ROLES})
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, 2], :data:`SENTENCE_ROLES` order."""
+        return torch.cat([self.roles[role](pooled) for role in SENTENCE_ROLES], dim=1)
+
+
 class GuardNet(nn.Module):
     """Frozen bottom (embeddings + first ``split`` layers), a trainable copy of the layers above, its pooling
     (:data:`POOLINGS`), the heads."""
 
-    def __init__(self, base, split: int = 4, dropout: float = 0.1, pooling: str = "mean", sentence_head: bool = False):
+    def __init__(
+        self, base, split: int = 4, dropout: float = 0.1, pooling: str = "mean", sentence_head: int | None = None
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
@@ -168,7 +190,8 @@ class GuardNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pool = AttentionPool(hidden) if pooling == "attention" else None
         self.head = nn.Linear(hidden, 1 + len(HAZARDS))
-        self.sentence_head = nn.Linear(hidden, len(SENTENCE_ROLES)) if sentence_head else None
+        # ``sentence_head``: None for none, else its width (:class:`SentenceHead`)
+        self.sentence_head = SentenceHead(hidden, sentence_head) if sentence_head is not None else None
         for module in (self.embeddings, self.bottom):
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -200,10 +223,17 @@ def artifact_pooling(artifact_dir: Path) -> str:
     return pooling
 
 
-def has_sentence_head(artifact_dir: Path) -> bool:
-    """Whether an artifact holds a sentence head (:data:`SENTENCE_HEAD`)."""
+def sentence_head_width(artifact_dir: Path) -> int | None:
+    """The width of an artifact's sentence head (0: linear), None when it has none (:class:`SentenceHead`)."""
     with safe_open(str(Path(artifact_dir) / "weights.safetensors"), framework="pt") as weights:
-        return any(key.startswith(SENTENCE_HEAD) for key in weights.keys())  # noqa: SIM118 (safe_open is not iterable)
+        keys = [key for key in weights.keys() if key.startswith(SENTENCE_HEAD)]  # noqa: SIM118 (not iterable)
+        if not keys:
+            return None
+        first = f"{SENTENCE_HEAD}roles.{SENTENCE_ROLES[0]}.0.weight"
+        if first not in keys:
+            raise ValueError(f"{Path(artifact_dir) / 'weights.safetensors'}: a sentence head without {first}")
+        hidden = weights.get_slice(first).get_shape()[0]
+        return 0 if len(keys) == 2 * len(SENTENCE_ROLES) else int(hidden)
 
 
 def load_trained(net: GuardNet, artifact_dir: Path, *, new_pooling: bool = False) -> dict[str, torch.Tensor]:
