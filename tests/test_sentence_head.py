@@ -25,6 +25,7 @@ from guardgraph.nodes.guards.offline.network import (
     load_trained,
     sentence_head_width,
 )
+from guardgraph.nodes.guards.thresholds import ThresholdGuard
 from guardgraph.nodes.guards.windowed import WindowedGuard, check_distinct
 from guardgraph.nodes.training.data import Example
 from guardgraph.nodes.training.sentence_head import bag, fit_bag_max, fit_sentence_head, write_sentence_head
@@ -58,25 +59,16 @@ def with_constant_head(tmp_path: Path, user_logit: float, agent_logit: float, wi
     return artifact
 
 
-class Counting:
-    """A guard that records every batch it is asked."""
+class Counting(ThresholdGuard):
+    """A guard (with the policy's thresholds) that records every batch it is asked."""
 
     def __init__(self, inner: OfflineGuard) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.batches: list[list[GuardRequest]] = []
-
-    def __getattr__(self, name: str) -> object:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def check(self, request: GuardRequest) -> Verdict:
-        return self.check_batch([request])[0]
 
     def check_batch(self, requests: Sequence[GuardRequest]) -> list[Verdict]:
         self.batches.append(list(requests))
-        return self.inner.check_batch(requests)
+        return super().check_batch(requests)
 
 
 @pytest.mark.parametrize("width", [0, 16])
