@@ -158,7 +158,6 @@ class SentenceHead(nn.Module):
 
     def __init__(self, hidden: int, width: int = 0):
         super().__init__()
-        self.width = width
 
         def one() -> nn.Module:
             if width == 0:
