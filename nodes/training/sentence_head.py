@@ -15,7 +15,7 @@ held-out rows by ``train.py --evaluate DIR --write-margins``.
         --replies /tmp/replies.jsonl --cached-replies-only --windows 1500 --sentences 1500 --documents 1500 \\
         --alarming-windows 1500 --reply-sentences 1500
 
-writes the head (``sentence_head.*``) into ``DIR/weights.safetensors`` and how they were fit into
+writes the head (``sentence_head.*``) into ``DIR/weights.safetensors`` and how it was fit into
 ``DIR/config.json`` (``sentence_head_fit``).
 """
 
