@@ -159,13 +159,16 @@ def test_each_encoder_space_has_its_stored_benign_negatives() -> None:
     from guardgraph.nodes.training.data import generic_benign_texts
 
     texts = generic_benign_texts(seed=13)[:24]
+    # The artifact keeps float16 rows: equal to a fresh embedding up to that rounding, and for int8 up to how
+    # the CPU's quantized kernels round (AMX and VNNI against AVX2: up to 0.0026 apart, seen on an Intel Xeon with
+    # rows stored on an AMD EPYC), far below the 0.044 that the two spaces differ by.
+    tolerance = {"float": 2e-3, "int8": 5e-3}
     for space, precision in SPACE_PRECISION.items():
         encoder = SentenceEncoder(precision=precision)
         assert encoder.space == space
         stored = generic_benign_embeddings(space)[:24]
-        # the artifact keeps float16 rows: equal to a fresh embedding up to that rounding
-        assert np.allclose(stored, encoder.embed(texts), atol=2e-3), space
-    assert not np.allclose(generic_benign_embeddings("float"), generic_benign_embeddings("int8"), atol=2e-3)
+        assert np.allclose(stored, encoder.embed(texts), atol=tolerance[space]), space
+    assert not np.allclose(generic_benign_embeddings("float"), generic_benign_embeddings("int8"), atol=2e-2)
 
 
 def test_the_encoder_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
