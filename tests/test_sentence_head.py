@@ -213,11 +213,11 @@ def test_a_head_fit_on_a_few_texts_finds_a_harmful_request_inside_padding(
     rows = [Example(t, None, 1) for t in harmful] + [Example(t, None, 0) for t in harmless]
     rows += [Example("Hi", t, 1) for t in harmful] + [Example("Hi", t, 0) for t in harmless]
     artifact = copy_artifact(tmp_path)
-    _, base = load_base()
+    tokenizer, base = load_base()
     net = GuardNet(base, split=1)
     load_trained(net, artifact)
     net.eval()
-    head, summary = fit_sentence_head(net, OfflineGuard.load_default().tokenizer, rows)
+    head, summary = fit_sentence_head(net, tokenizer, rows)
     assert summary["User"] == {"rows": 16, "unsafe_rows": 8, "sentences": 8 + 24}
     write_sentence_head(artifact, head, summary)
     guard = WindowedGuard(OfflineGuard(artifact, dtype="float32"), sentence_evidence={"User": 0.0}, incremental=False)

@@ -221,7 +221,10 @@ class WindowedGuard:
             if len(sentence.turns) > 1 and verdict.outcome is Outcome.UNSAFE and sentence_margin(verdict) >= margins[i]
         ]
         read = self._read(
-            [GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy, "sentence") for i in again]
+            [
+                GuardRequest(sentences[i].role, sentences[i].turns[-1:], sentences[i].policy, part="sentence")
+                for i in again
+            ]
         )
         confirmed = list(verdicts)
         for i, without_context in zip(again, read, strict=True):

@@ -332,7 +332,8 @@ def synth_compliance(prompts: list[Example], replies: dict[str, str]) -> list[Ex
     return out
 
 
-def _checked(e: Example) -> str:
+def checked_text(e: Example) -> str:
+    """The text a row's check is about: the prompt of a User row, the reply of an Agent row."""
     return e.prompt if e.response is None else e.response
 
 
@@ -354,7 +355,7 @@ def _harmless_passages(examples: list[Example]) -> list[list[str]]:
     passages = []
     for e in examples:
         if e.label == 0 and not e.source.startswith(NOT_PASSAGE_SOURCES):
-            sentences = [s for s in split_sentences(_checked(e)) if len(s.split()) >= 3]
+            sentences = [s for s in split_sentences(checked_text(e)) if len(s.split()) >= 3]
             if len(sentences) >= 2:
                 passages.append(sentences)
     return passages
@@ -409,7 +410,9 @@ def synth_alarming_windows(examples: list[Example], n: int, seed: int = 0, max_c
     the filler, so that such words around a request decide nothing either way: harmful stays harmful, harmless
     stays harmless. Sources ``synth:window_alarming_{user,agent}_{unsafe,safe}``."""
     rng = random.Random(seed)
-    texts = sorted({" ".join(_checked(e).split()) for e in examples if _alarming_harmless(e) and _checked(e).strip()})
+    texts = sorted(
+        {" ".join(checked_text(e).split()) for e in examples if _alarming_harmless(e) and checked_text(e).strip()}
+    )
 
     def fill(budget: int) -> list[str]:
         run: list[str] = []
@@ -549,12 +552,12 @@ def _windowed(
                 for e in examples
                 if e.label == label
                 and (e.response is not None) == agent
-                and 0 < len(_checked(e)) <= max_chars * 2 // 3
+                and 0 < len(checked_text(e)) <= max_chars * 2 // 3
                 and not e.source.startswith(CUT_OR_PADDED_SOURCES)
             ]
             picks = [rng.choice(pool) for _ in range(n)] if replace and pool else rng.sample(pool, min(n, len(pool)))
             for e in picks:
-                core = _checked(e).strip()
+                core = checked_text(e).strip()
                 room = max_chars - len(core) - 1
                 run = fill(rng.randint(room // 3, room))
                 if not run:
@@ -595,7 +598,7 @@ def synth_sentences(examples: list[Example], n: int, seed: int = 0) -> list[Exam
     """Single sentences of harmless texts (documents, answers, stories) as harmless User checks, so that one
     sentence read alone is judged on what it says rather than on being short. Each in its text's group."""
     rng = random.Random(seed)
-    rows = _harmless_sentences(examples, _checked)
+    rows = _harmless_sentences(examples, checked_text)
     unique = list({sentence: (sentence, e) for sentence, e in rows}.values())
     return [
         Example(sentence, None, 0, (), True, "synth:sentence", group=e.group)

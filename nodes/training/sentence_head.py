@@ -46,7 +46,7 @@ from guardgraph.nodes.guards.offline.network import (
     pad_batch,
 )
 from guardgraph.nodes.guards.sentences import readable_sentences
-from guardgraph.nodes.training.data import Example, split
+from guardgraph.nodes.training.data import Example, checked_text, split
 from guardgraph.nodes.training.train import build_examples
 
 WIDTH = 64  # hidden GELU units per role (0: a linear head)
@@ -58,7 +58,7 @@ WEIGHT_DECAY = 1e-4
 def bag(example: Example) -> list[str]:
     """The sentences of a row's checked text as the windowed guard reads them alone; the text itself when it is
     one sentence."""
-    text = example.prompt if example.response is None else example.response
+    text = checked_text(example)
     return readable_sentences(text) or [text]
 
 
@@ -121,7 +121,7 @@ def fit_sentence_head(
     head = SentenceHead(net.head.in_features, width)
     summary = {}
     for role in SENTENCE_ROLES:
-        own = [e for e in rows if (e.response is None) == (role == "User") and (e.response or e.prompt).strip()]
+        own = [e for e in rows if (e.response is None) == (role == "User") and checked_text(e).strip()]
         items, owner = [], []
         for k, example in enumerate(own):
             for sentence in bag(example):
