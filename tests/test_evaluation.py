@@ -251,6 +251,18 @@ def test_training_threshold_choice_reads_undefined_rates_as_zero():
     assert train.choose_threshold(only_unsafe, logit, 0.08) == pytest.approx(np.quantile(logit, 0.01))
 
 
+def test_a_sentence_margin_is_the_largest_with_the_best_recall_its_fpr_rise_allows() -> None:
+    train = pytest.importorskip("guardgraph.nodes.training.train")
+
+    def at(recall: float, fpr: float) -> dict:
+        return {"n": 100, "pos": 50, "f1": None, "precision": None, "recall": recall, "fpr": fpr, "auprc": None}
+
+    # windows alone: FPR 0.05, so 0.06 is the most sentences may bring it to
+    sweep = {0.0: at(0.95, 0.08), 0.25: at(0.93, 0.06), 0.5: at(0.93, 0.055), 0.75: at(0.92, 0.05), 1.0: at(0.92, 0.05)}
+    assert train.choose_margin(sweep, 0.05) == 0.5  # 0.0 adds too much; 0.25 and 0.5 recall the most, 0.5 flags less
+    assert train.choose_margin({0.0: at(0.95, 0.08)}, 0.05) is None
+
+
 def test_refusal_sets_are_rejected_and_refusal_rows_skipped(tmp_path):
     refusal = {"id": "x", "task": "refusal", "prompt": "q", "response": "a", "label": "compliance"}
     only_refusal = tmp_path / "refusal.jsonl"

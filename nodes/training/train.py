@@ -278,11 +278,22 @@ def lowest_cut(harmless: np.ndarray, target_fpr: float) -> float:
     return float((ranked[allowed] + (above.min() if len(above) else ranked[allowed] + 1.0)) / 2)
 
 
+def choose_margin(sweep: dict[float, HeldOutMetrics], windows_fpr: float | None) -> float | None:
+    """A role's sentence margin from its sweep (margin -> metrics with sentences at that margin): of the margins
+    whose FPR is at most ``windows_fpr`` + :data:`MAX_FPR_RISE`, those with the highest recall, and of these the
+    largest (the fewest false alarms for that recall); None if no margin keeps to the rise."""
+    allowed = {m: r for m, r in sweep.items() if (r["fpr"] or 0.0) <= (windows_fpr or 0.0) + MAX_FPR_RISE}
+    if not allowed:
+        return None
+    best = max(r["recall"] or 0.0 for r in allowed.values())
+    return max(m for m, r in allowed.items() if (r["recall"] or 0.0) == best)
+
+
 def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype: str = "auto") -> dict:
     """User and Agent metrics of the held-out rows (without window/sentence rows) checked as deployed: the
     artifact's guard with the policy's thresholds, behind the windowed guard, under ``llama-guard-3``; then, per
     role, the same with sentence evidence at each margin of :data:`SENTENCE_MARGINS`, and the margin the rule in
-    README.md chooses (the smallest that adds at most :data:`MAX_FPR_RISE` to the role's FPR; None if none does).
+    README.md chooses (:func:`choose_margin`).
     """
     from guardgraph.nodes.guards.offline.guard import OfflineGuard
     from guardgraph.nodes.guards.thresholds import with_thresholds
@@ -302,7 +313,7 @@ def deployed_report(held: list[Example], artifact_dir: Path, device: str, dtype:
             margin: metrics(labels[mask], (blocked[mask] | (margins[mask] >= margin)).astype(float), 0.5)
             for margin in SENTENCE_MARGINS
         }
-        chosen = next((m for m, r in sweep.items() if (r["fpr"] or 0.0) <= (alone["fpr"] or 0.0) + MAX_FPR_RISE), None)
+        chosen = choose_margin(sweep, alone["fpr"])
         report["windows"][role] = alone
         report["sentence_margin"][role] = chosen
         report["windows and sentences"][role] = None if chosen is None else sweep[chosen]
