@@ -24,6 +24,26 @@ def guard() -> OfflineGuard:
 
 
 @pytest.fixture(scope="module")
+def mean_artifact(tmp_path_factory):
+    """The shipped artifact read as a mean-pooled one without a sentence head: its layers and main head, its
+    attention query and sentence head left out (a sentence is then read as a message is)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    artifact = tmp_path_factory.mktemp("mean") / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    tensors = load_file(str(artifact / "weights.safetensors"))
+    kept = {k: v for k, v in tensors.items() if k != "pool.query" and not k.startswith("sentence_head.")}
+    save_file(kept, str(artifact / "weights.safetensors"))
+    config = json.loads((artifact / "config.json").read_text())
+    config.pop("sentence_evidence", None)
+    (artifact / "config.json").write_text(json.dumps({**config, "pooling": "mean"}))
+    return artifact
+
+
+@pytest.fixture(scope="module")
 def with_policy_examples(guard: OfflineGuard) -> Guard:
     """The offline guard with the policy's example classifier, as every built guard is."""
     return with_examples(guard)
@@ -191,28 +211,38 @@ def test_bfloat16_and_float32_give_the_same_verdicts(llama_guard_3_policy, seed_
         assert abs(a.score - b.score) < 0.03
 
 
-def test_sentence_evidence_reads_each_sentence_as_its_role_reads_it(guard, llama_guard_3_policy):
-    """A reply's sentence is read as an Agent check of it under the user's prompt, a message's as a User check."""
+def test_sentence_evidence_reads_each_sentence_as_its_role_reads_it(mean_artifact, llama_guard_3_policy):
+    """Without a sentence head, a reply's sentence is read as an Agent check of it under the user's prompt, a
+    message's as a User check; with one (the shipped artifact), each sentence is read alone by the head."""
     from guardgraph.nodes.guards.sentences import split_sentences
 
-    reading = WindowedGuard(guard, sentence_evidence={"User": 0.0, "Agent": 0.0})
+    policy = llama_guard_3_policy
+    headless, shipped = OfflineGuard(mean_artifact, dtype="float32"), OfflineGuard(dtype="float32")
+    assert headless.net.sentence_head is None and shipped.net.sentence_head is not None
     prompt = "How do I keep lentils fresh?"
     reply = "Store the dry lentils in a sealed jar away from light. They keep for a year. Rinse them before cooking."
-    for request, read_alone in (
-        (agent(prompt, reply, llama_guard_3_policy), lambda s: agent(prompt, s, llama_guard_3_policy)),
-        (user(reply, llama_guard_3_policy), lambda s: user(s, llama_guard_3_policy)),
+
+    def by_head(role: str, sentence: str) -> GuardRequest:
+        speaker = "user" if role == "User" else "assistant"
+        return GuardRequest(role, (Turn(speaker, sentence),), policy, part="sentence")
+
+    for inner, read_alone in (
+        (headless, {"Agent": lambda s: agent(prompt, s, policy), "User": lambda s: user(s, policy)}),
+        (shipped, {role: lambda s, role=role: by_head(role, s) for role in ("User", "Agent")}),
     ):
-        (found,) = reading.sentence_verdicts([request])
-        alone = [guard.check(read_alone(s)) for s in split_sentences(reply)]
-        assert [v.score for v in found] == [v.score for v in alone]
-        assert [v.role for v in found] == [request.role] * 3
-    (one,) = reading.sentence_verdicts([user("Just one sentence here.", llama_guard_3_policy)])
-    assert one == []  # a text of one sentence says it all
+        reading = WindowedGuard(inner, sentence_evidence={"User": 0.0, "Agent": 0.0})
+        for request in (agent(prompt, reply, policy), user(reply, policy)):
+            (found,) = reading.sentence_verdicts([request])
+            alone = [inner.check(read_alone[request.role](s)) for s in split_sentences(reply)]
+            assert [v.score for v in found] == pytest.approx([v.score for v in alone], abs=1e-5)  # batched apart
+            assert [v.role for v in found] == [request.role] * 3
+        (one,) = reading.sentence_verdicts([user("Just one sentence here.", policy)])
+        assert one == []  # a text of one sentence says it all
 
 
-def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_policy):
+def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(mean_artifact, llama_guard_3_policy):
     padded = user(LISBON * 3 + PIPE_BOMB, llama_guard_3_policy)
-    artifact = OfflineGuard(sentence_evidence={"User": 0.0})
+    artifact = OfflineGuard(mean_artifact, sentence_evidence={"User": 0.0})  # its mean dilutes a window
     reading = windowed(artifact, incremental=False)
     assert reading.sentence_evidence == {"User": 0.0}  # declared by the guard, read by the windowed guard
     (found,) = reading.sentence_verdicts([padded])
@@ -221,7 +251,7 @@ def test_a_sentence_flags_a_padded_text_only_at_its_roles_margin(llama_guard_3_p
     flagged = reading.check(padded)
     assert flagged.outcome is Outcome.UNSAFE and flagged.metadata["flagged_sentences"] == [3]
     assert "S9" in flagged.codes and flagged.metadata["sentences"] == 4
-    windows_only = windowed(OfflineGuard(sentence_evidence={}), incremental=False).check(padded)
+    windows_only = windowed(OfflineGuard(mean_artifact, sentence_evidence={}), incremental=False).check(padded)
     assert windows_only.outcome is Outcome.SAFE  # the pooled window dilutes the request
     strict = WindowedGuard(artifact, sentence_evidence={"User": margins[3] + 0.01}, incremental=False).check(padded)
     assert strict.outcome is Outcome.SAFE and "flagged_sentences" not in strict.metadata
@@ -264,8 +294,8 @@ def test_attention_pool_with_a_zero_query_is_the_mean_and_ignores_padding():
     assert torch.allclose(pool(changed, mask)[1], picked[1])
 
 
-def _artifact_with_pooling(tmp_path, query_scale: float):
-    """The shipped artifact, with an attention query (the shipped mean for ``query_scale`` 0)."""
+def _artifact_with_pooling(mean_artifact, tmp_path, query_scale: float):
+    """``mean_artifact`` with an attention query (its mean for ``query_scale`` 0)."""
     import json
     import shutil
 
@@ -273,7 +303,7 @@ def _artifact_with_pooling(tmp_path, query_scale: float):
     from safetensors.torch import load_file, save_file
 
     artifact = tmp_path / f"attention-{query_scale}"
-    shutil.copytree(DEFAULT_ARTIFACT, artifact)
+    shutil.copytree(mean_artifact, artifact)
     tensors = load_file(str(artifact / "weights.safetensors"))
     head = tensors["head.weight"][0].float()
     tensors["pool.query"] = (head * query_scale).to(torch.float16)  # weighs the tokens that read most unsafe
@@ -283,19 +313,20 @@ def _artifact_with_pooling(tmp_path, query_scale: float):
     return artifact
 
 
-def test_an_attention_pooled_artifact_is_read_from_its_config(guard, tmp_path, llama_guard_3_policy):
+def test_an_attention_pooled_artifact_is_read_from_its_config(mean_artifact, tmp_path, llama_guard_3_policy):
     from guardgraph.nodes.guards.offline.network import artifact_pooling
 
     padded = user(LISBON * 4 + PIPE_BOMB, llama_guard_3_policy)
-    as_mean = OfflineGuard(_artifact_with_pooling(tmp_path, 0.0), dtype="float32")
-    assert artifact_pooling(DEFAULT_ARTIFACT) == "mean" and as_mean.net.pool is not None
-    shipped = OfflineGuard(DEFAULT_ARTIFACT, dtype="float32")
-    assert as_mean.check(padded).score == pytest.approx(shipped.check(padded).score, abs=1e-4)
-    focused = OfflineGuard(_artifact_with_pooling(tmp_path, 1.0), dtype="float32").check(padded)
-    assert focused.score > shipped.check(padded).score  # the request's tokens outweigh the weather
+    as_mean = OfflineGuard(_artifact_with_pooling(mean_artifact, tmp_path, 0.0), dtype="float32")
+    assert artifact_pooling(mean_artifact) == "mean" and as_mean.net.pool is not None
+    assert artifact_pooling(DEFAULT_ARTIFACT) == "attention" and OfflineGuard.load_default().net.pool is not None
+    mean = OfflineGuard(mean_artifact, dtype="float32")
+    assert as_mean.check(padded).score == pytest.approx(mean.check(padded).score, abs=1e-4)
+    focused = OfflineGuard(_artifact_with_pooling(mean_artifact, tmp_path, 1.0), dtype="float32").check(padded)
+    assert focused.score > mean.check(padded).score  # the request's tokens outweigh the weather
 
 
-def test_training_from_a_mean_artifact_starts_attention_at_the_mean(guard):
+def test_training_from_a_mean_artifact_starts_attention_at_the_mean(guard, mean_artifact):
     import torch
 
     from guardgraph.nodes.guards.offline.network import GuardNet, load_base, load_trained
@@ -303,8 +334,8 @@ def test_training_from_a_mean_artifact_starts_attention_at_the_mean(guard):
     _, base = load_base()
     net = GuardNet(base, split=int(guard.config["split"]), pooling="attention")
     with pytest.raises(RuntimeError, match="does not match the network"):
-        load_trained(net, DEFAULT_ARTIFACT)  # the artifact has no query: only a new pooling may start fresh
-    load_trained(net, DEFAULT_ARTIFACT, new_pooling=True)
+        load_trained(net, mean_artifact)  # the artifact has no query: only a new pooling may start fresh
+    load_trained(net, mean_artifact, new_pooling=True)
     assert net.pool is not None and not net.pool.query.any()
     with pytest.raises(ValueError, match="pooling must be one of mean, attention, not 'max'"):
         GuardNet(base, split=1, pooling="max")
@@ -312,13 +343,13 @@ def test_training_from_a_mean_artifact_starts_attention_at_the_mean(guard):
     mask = torch.ones(2, 5, dtype=torch.long)
     net.eval()
     mean_net = GuardNet(base, split=int(guard.config["split"]))
-    load_trained(mean_net, DEFAULT_ARTIFACT)
+    load_trained(mean_net, mean_artifact)
     mean_net.eval()
     with torch.no_grad():
         assert torch.allclose(net.upper(lower, mask), mean_net.upper(lower, mask), atol=1e-5)
 
 
-def test_eval_measures_another_artifact_folder(tmp_path):
+def test_eval_measures_another_artifact_folder(mean_artifact, tmp_path):
     import json
 
     from typer.testing import CliRunner
@@ -333,7 +364,7 @@ def test_eval_measures_another_artifact_folder(tmp_path):
             for i, (label, text) in enumerate(rows)
         )
     )
-    artifact = _artifact_with_pooling(tmp_path, 0.0)
+    artifact = _artifact_with_pooling(mean_artifact, tmp_path, 0.0)
     result = CliRunner().invoke(
         app, ["eval", str(data), "--guard-backend", "offline", "--guard-model", str(artifact), "--json"]
     )

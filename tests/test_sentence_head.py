@@ -21,6 +21,7 @@ from guardgraph.nodes.guards.offline.network import (
     SENTENCE_HEAD,
     GuardNet,
     SentenceHead,
+    artifact_pooling,
     load_base,
     load_trained,
     sentence_head_width,
@@ -120,11 +121,13 @@ def test_the_head_is_stored_beside_the_artifacts_other_tensors_and_read_only_by_
     again = load_file(str(artifact / "weights.safetensors"))
     assert again[SENTENCE_HEAD + "roles.Agent.0.bias"].tolist() == [3.0] and len(again) == len(after)  # replaced
     _, base = load_base()
-    with_head = GuardNet(base, split=1, sentence_head=0)
+    pooling = artifact_pooling(artifact)
+    with_head = GuardNet(base, split=1, pooling=pooling, sentence_head=0)
     load_trained(with_head, artifact)
     assert with_head.sentence_head is not None
     assert with_head.sentence_head(torch.zeros(1, 384)).tolist() == [[2.0, 3.0]]
-    without = GuardNet(base, split=1)  # training from it: the head was fit on layers that training changes
+    # training from it: the head was fit on layers that training changes
+    without = GuardNet(base, split=1, pooling=pooling)
     load_trained(without, artifact)
     assert without.sentence_head is None
     plain = copy_artifact(tmp_path, "plain")
@@ -132,7 +135,7 @@ def test_the_head_is_stored_beside_the_artifacts_other_tensors_and_read_only_by_
     save_file(kept, str(plain / "weights.safetensors"))
     assert sentence_head_width(plain) is None
     with pytest.raises(RuntimeError, match="does not match the network"):
-        load_trained(GuardNet(base, split=1, sentence_head=0), plain)
+        load_trained(GuardNet(base, split=1, pooling=pooling, sentence_head=0), plain)
 
 
 def test_a_sentence_is_read_alone_by_the_sentence_head(tmp_path: Path, llama_guard_3_policy: Policy) -> None:
@@ -214,7 +217,7 @@ def test_a_head_fit_on_a_few_texts_finds_a_harmful_request_inside_padding(
     rows += [Example("Hi", t, 1) for t in harmful] + [Example("Hi", t, 0) for t in harmless]
     artifact = copy_artifact(tmp_path)
     tokenizer, base = load_base()
-    net = GuardNet(base, split=1)
+    net = GuardNet(base, split=1, pooling=artifact_pooling(artifact))
     load_trained(net, artifact)
     net.eval()
     head, summary = fit_sentence_head(net, tokenizer, rows)
