@@ -32,10 +32,12 @@ def mean_artifact(tmp_path_factory):
 
     from safetensors.torch import load_file, save_file
 
+    from guardgraph.nodes.guards.offline.network import SENTENCE_HEAD
+
     artifact = tmp_path_factory.mktemp("mean") / "artifact"
     shutil.copytree(DEFAULT_ARTIFACT, artifact)
     tensors = load_file(str(artifact / "weights.safetensors"))
-    kept = {k: v for k, v in tensors.items() if k != "pool.query" and not k.startswith("sentence_head.")}
+    kept = {k: v for k, v in tensors.items() if k != "pool.query" and not k.startswith(SENTENCE_HEAD)}
     save_file(kept, str(artifact / "weights.safetensors"))
     config = json.loads((artifact / "config.json").read_text())
     config.pop("sentence_evidence", None)
